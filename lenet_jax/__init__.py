@@ -1,0 +1,8 @@
+"""LeNet-5 in JAX: a small codebase for answering questions about CNNs empirically."""
+from lenet_jax.config import Config, DataConfig, ModelConfig, OptimConfig
+from lenet_jax.model import LeNet5
+from lenet_jax.train import (TrainState, create_train_state, eval_step, evaluate,
+                             train_epoch, train_step)
+
+__all__ = ['Config', 'DataConfig', 'ModelConfig', 'OptimConfig', 'LeNet5', 'TrainState',
+           'create_train_state', 'eval_step', 'evaluate', 'train_epoch', 'train_step']

@@ -1,0 +1,143 @@
+"""Training runs end to end: a group of runs of one architecture, trained together.
+
+Runs that differ only in their seed and numeric optimizer hyperparameters
+(learning rate, momentum, weight decay) share one compiled program: their
+states are stacked along a model axis and trained by the vmapped epoch. Each
+run still trains exactly as it would alone (its own initialisation, data
+order and hyperparameters).
+
+Per epoch and run: train loss/accuracy, validation and test loss/accuracy,
+seconds and images per second. A run whose training loss turns non-finite
+ends with status 'diverged' at that epoch; the others go on.
+"""
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lenet_jax import arch
+from lenet_jax import config as config_lib
+from lenet_jax import optim
+from lenet_jax import train
+from lenet_jax.config import Config
+from lenet_jax.data import Dataset
+from lenet_jax.model import LeNet5
+
+
+@dataclasses.dataclass
+class RunResult:
+  config: Config
+  status: str = 'running'  # 'ok' or 'diverged'
+  diverged_epoch: int | None = None  # 1-based epoch whose training loss was not finite
+  history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+  compile_seconds: float = 0.0  # shared by the runs of a group
+  train_seconds: float = 0.0
+  params: Any = None  # final parameters (host arrays)
+
+  @property
+  def final(self) -> dict[str, float]:
+    return self.history[-1] if self.history else {}
+
+
+def group_key(cfg: Config) -> Config:
+  """Runs with equal keys can be trained by one vmapped program."""
+  numeric = {name: 0.0 for name in optim.NUMERIC_HYPERPARAMS}
+  return dataclasses.replace(cfg, seed=0, optim=dataclasses.replace(cfg.optim, **numeric))
+
+
+def with_input_shape(cfg: Config, dataset: Dataset) -> Config:
+  shape = tuple(dataset.train_images.shape[1:])
+  return config_lib.override(cfg, {'model.input_shape': shape})
+
+
+def _summarise(totals) -> tuple[float, float]:
+  count = max(int(totals['count']), 1)
+  return float(totals['loss_sum']) / count, int(totals['correct']) / count
+
+
+def train_group(configs: list[Config], dataset: Dataset,
+                on_epoch: Callable[[int, list[RunResult]], None] | None = None,
+                keep_params: bool = True) -> list[RunResult]:
+  """Trains `configs` (equal up to seed and numeric hyperparameters) together."""
+  configs = [with_input_shape(c, dataset) for c in configs]
+  base = configs[0]
+  for cfg in configs:
+    config_lib.validate(cfg)
+    if group_key(cfg) != group_key(base):
+      raise ValueError('train_group needs runs that differ only in seed and '
+                       f'{optim.NUMERIC_HYPERPARAMS}; use sweep.groups() to split them.')
+  arch.trace(base.model)  # an impossible architecture fails here, before compiling
+  results = [RunResult(cfg) for cfg in configs]
+  images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
+  splits = {name: (jnp.asarray(x), jnp.asarray(y)) for name, x, y in (
+      ('val', dataset.val_images, dataset.val_labels),
+      ('test', dataset.test_images, dataset.test_labels)) if len(x)}
+  steps = len(images) // base.batch_size
+  if steps == 0:
+    raise ValueError(f'batch_size={base.batch_size} is larger than the '
+                     f'{len(images)} training examples; use a smaller batch.')
+  model = LeNet5(base.model)
+  tx = optim.make_optimizer(base.optim, steps, base.epochs)
+  states, data_keys = [], []
+  for cfg in configs:
+    init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
+    state = train.create_train_state(model, tx, init_key, base.model.input_shape)
+    states.append(state.replace(opt_state=optim.with_hyperparams(state.opt_state, cfg.optim)))
+    data_keys.append(data_key)
+
+  many = len(configs) > 1
+  state = train.stack(states) if many else states[0]
+  epoch_fn = train.train_epoch_many if many else train.train_epoch
+  eval_fn = train.evaluate_many if many else train.evaluate
+  keys_for = lambda epoch: (jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
+                            if many else jax.random.fold_in(data_keys[0], epoch))
+
+  start = time.perf_counter()
+  epoch_compiled = epoch_fn.lower(state, images, labels, keys_for(0), base.batch_size).compile()
+  eval_compiled = {name: eval_fn.lower(state, x, y, base.eval_batch_size).compile()
+                   for name, (x, y) in splits.items()}
+  compile_seconds = time.perf_counter() - start
+
+  live = list(range(len(configs)))
+  for epoch in range(base.epochs):
+    start = time.perf_counter()
+    state, metrics = epoch_compiled(state, images, labels, keys_for(epoch))
+    metrics = jax.device_get(metrics)  # the one host sync of the epoch
+    seconds = time.perf_counter() - start
+    evals = {name: jax.device_get(fn(state, *splits[name])) for name, fn in eval_compiled.items()}
+    for i in list(live):
+      pick = (lambda t, i=i: jax.tree.map(lambda v: v[i], t)) if many else (lambda t: t)
+      m = pick(metrics)
+      row = {'epoch': epoch + 1, 'train_loss': float(m['loss']),
+             'train_acc': int(m['correct']) / int(m['count']),
+             'seconds': seconds, 'images_per_s': int(m['count']) / seconds,
+             'learning_rate': float(configs[i].optim.learning_rate *
+                                    optim.schedule_multiplier(
+                                        base.optim, steps, base.epochs)((epoch + 1) * steps))}
+      for name in ('val', 'test'):
+        if name in evals:
+          row[f'{name}_loss'], row[f'{name}_acc'] = _summarise(pick(evals[name]))
+      res = results[i]
+      res.train_seconds += seconds
+      if not math.isfinite(row['train_loss']):
+        res.status, res.diverged_epoch = 'diverged', epoch + 1
+        res.history.append(row)
+        live.remove(i)
+        continue
+      res.history.append(row)
+    if on_epoch:
+      on_epoch(epoch, results)
+    if not live:
+      break
+  for i, res in enumerate(results):
+    res.compile_seconds = compile_seconds
+    if res.status == 'running':
+      res.status = 'ok'
+    if keep_params:
+      res.params = jax.device_get(train.unstack(state.params, i) if many else state.params)
+  return results

@@ -1,0 +1,68 @@
+"""LeNet-5 in Flax linen; every architectural choice is a field of its ModelConfig.
+
+`LeNet5()` is exactly the note's network (61,706 parameters). Module names in
+the parameter tree match the layer names of `arch.trace`, which is how tests
+hold the analytic counts against the real tree.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lenet_jax import arch
+from lenet_jax import conv
+from lenet_jax.config import ModelConfig
+
+ACTIVATION_FNS = {'sigmoid': nn.sigmoid, 'tanh': jnp.tanh, 'relu': nn.relu,
+                  'gelu': nn.gelu, 'silu': nn.silu}
+
+KERNEL_INITS = {
+    'lecun': nn.initializers.lecun_normal(),  # Flax's default
+    'xavier': nn.initializers.xavier_uniform(),  # d2l's recipe
+    'he': nn.initializers.he_normal(),
+    # PyTorch's default weight init, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
+    'torch': nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+}
+
+
+class LeNet5(nn.Module):
+  """Conv blocks (conv [-> batch norm] -> activation, repeated; pool), then dense layers."""
+  config: ModelConfig = ModelConfig()
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC, train: bool = False):
+    cfg = self.config
+    if tuple(x_BxHxWxC.shape[1:]) != tuple(cfg.input_shape):
+      raise ValueError(f'input images are {x_BxHxWxC.shape[1:]} but the model was '
+                       f'configured for input_shape={cfg.input_shape}; set '
+                       'ModelConfig.input_shape to the data (run.py does this).')
+    act = ACTIVATION_FNS[cfg.activation]
+    kernel_init = KERNEL_INITS[cfg.init]
+    conv_fn = conv.conv_impl(cfg.conv_impl)
+    x = x_BxHxWxC
+    for b, (features, kernel, padding, convs) in enumerate(cfg.blocks(), start=1):
+      pads = arch.conv_pads(kernel, padding)
+      for c in range(1, convs + 1):
+        x = nn.Conv(features, (kernel, kernel), padding=(pads, pads),
+                    kernel_init=kernel_init, conv_general_dilated=conv_fn,
+                    name=arch.conv_name(b, c))(x)
+        if cfg.conv_reduction == 'mean':
+          # The note's "sum, then average": a fixed 1/k^2 rescaling of the sum.
+          x = x / (kernel * kernel)
+        if cfg.normalization == 'batch':
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                           name=f'block{b}_bn{c}')(x)
+        x = act(x)
+      if cfg.pool != 'none':
+        x = self._pool(x, conv_fn is conv.patches_conv)
+    x = x.reshape(x.shape[0], -1)
+    for i, width in enumerate(cfg.dense, start=1):
+      x = act(nn.Dense(width, kernel_init=kernel_init, name=f'dense{i}')(x))
+    return nn.Dense(cfg.num_classes, kernel_init=kernel_init, name='logits')(x)
+
+  def _pool(self, x, cpu_friendly: bool):
+    size = self.config.pool_size
+    if cpu_friendly:  # reshape-and-reduce: its gradient avoids select-and-scatter
+      return conv.window_pool(x, size, self.config.pool)
+    pool = nn.max_pool if self.config.pool == 'max' else nn.avg_pool
+    return pool(x, (size, size), strides=(size, size))
+

@@ -1,0 +1,61 @@
+"""Optimizers and learning-rate schedules from an OptimConfig.
+
+The numeric hyperparameters (learning rate, momentum, weight decay) live in
+the optimizer *state* via `optax.inject_hyperparams`, not in the compiled
+program, so models that differ only in them can be stacked and trained by one
+vmapped program. The schedule is a multiplier applied after the optimizer;
+every optimizer here ends in a multiplication by the learning rate, so this
+is exactly a scheduled learning rate.
+"""
+import optax
+
+from lenet_jax.config import OptimConfig
+
+# The OptimConfig fields that may differ between models trained together.
+NUMERIC_HYPERPARAMS = ('learning_rate', 'momentum', 'weight_decay')
+
+
+def _injected(cfg: OptimConfig) -> dict[str, float]:
+  """The numeric hyperparameters that `cfg.optimizer` takes."""
+  hyper = {'learning_rate': cfg.learning_rate}
+  if cfg.optimizer == 'momentum':
+    hyper['momentum'] = cfg.momentum
+  if cfg.optimizer == 'adamw':
+    hyper['weight_decay'] = cfg.weight_decay
+  return hyper
+
+
+def schedule_multiplier(cfg: OptimConfig, steps_per_epoch: int, epochs: int):
+  """Step -> factor on the peak learning rate."""
+  if cfg.schedule == 'constant':
+    return optax.constant_schedule(1.0)
+  if cfg.schedule == 'cosine':
+    return optax.cosine_decay_schedule(1.0, decay_steps=max(1, steps_per_epoch * epochs))
+  if cfg.schedule == 'step':
+    return optax.exponential_decay(1.0, transition_steps=steps_per_epoch * cfg.step_decay_every,
+                                   decay_rate=cfg.step_decay_factor, staircase=True)
+  raise ValueError(f'schedule={cfg.schedule!r} is not one of constant, cosine, step.')
+
+
+def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int):
+  base = {'sgd': optax.sgd, 'momentum': optax.sgd, 'adam': optax.adam,
+          'adamw': optax.adamw}
+  if cfg.optimizer not in base:
+    raise ValueError(f'optimizer={cfg.optimizer!r} is not one of {sorted(base)}.')
+  return optax.chain(
+      optax.inject_hyperparams(base[cfg.optimizer])(**_injected(cfg)),
+      optax.scale_by_schedule(schedule_multiplier(cfg, steps_per_epoch, epochs)))
+
+
+def hyperparams(opt_state) -> dict:
+  """The injected hyperparameters of a state made by `make_optimizer` (mutable view)."""
+  return opt_state[0].hyperparams
+
+
+def with_hyperparams(opt_state, cfg: OptimConfig):
+  """`opt_state` with the numeric hyperparameters of `cfg`, for stacking models."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  inject = opt_state[0]
+  values = {k: jnp.asarray(v, inject.hyperparams[k].dtype) for k, v in _injected(cfg).items()}
+  return (inject._replace(hyperparams={**inject.hyperparams, **values}),) + tuple(opt_state[1:])
+
