@@ -20,10 +20,10 @@ SCHEDULES = ('constant', 'cosine', 'step')
 class ModelConfig:
   """The network. Defaults are exactly the note's LeNet-5."""
   channels: tuple[int, ...] = (6, 16)  # output channels of each conv block
-  kernel_size: tuple[int, ...] = (5, 5)  # square kernel width per block, 1..11
+  kernel_size: tuple[int, ...] = (5,)  # square kernel width per block, 1..11
   # per block: 'same' (asymmetric for even kernels), 'valid', or pixels per side
   padding: tuple[str | int, ...] = (2, 'valid')
-  convs_per_block: tuple[int, ...] = (1, 1)  # stacked convs of that kernel
+  convs_per_block: tuple[int, ...] = (1,)  # stacked convs of that kernel
   activation: str = 'sigmoid'  # after every conv and hidden dense layer
   pool: str = 'max'  # 'max', 'avg' or 'none', after each block
   pool_size: int = 2  # pooling window, stride equal to the window

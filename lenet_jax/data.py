@@ -145,10 +145,13 @@ def _tfds_prepared(name: str, data_dir: str | None) -> bool:
 
 def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  ds = tfds.load(name, split=split, batch_size=-1, as_supervised=True,
-                 data_dir=data_dir, download=download)
-  images, labels = tfds.as_numpy(ds)
-  return np.asarray(images, np.uint8), np.asarray(labels, np.int32)
+  ds = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir,
+                 download=download)
+  # Batched iteration, not batch_size=-1: the latter aborts TF under tfds.testing.mock_data.
+  chunks = list(tfds.as_numpy(ds.batch(8192)))
+  images = np.concatenate([x for x, _ in chunks])
+  labels = np.concatenate([y for _, y in chunks])
+  return images.astype(np.uint8), labels.astype(np.int32)
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""The command line: one flag per config field, generated from the dataclasses.
+
+Sweep syntax (also in --help):
+  * A scalar field takes a comma-separated list; each value is a sweep point:
+      --learning_rate=1e-3,3e-3 --activation=relu,sigmoid
+  * A per-block field (channels, kernel_size, padding, convs_per_block) and
+    dense take one whole value per flag, commas separating blocks; one number
+    is used for every block. Repeat the flag to sweep:
+      --channels=6,16 --channels=12,32 --kernel_size=3 --kernel_size=5
+  * The sweep is the Cartesian product of all swept fields, times --seeds.
+"""
+import dataclasses
+import inspect
+import os
+import re
+import sys
+import types
+import typing
+
+from absl import flags
+
+from lenet_jax import config as config_lib
+
+FLAGS = flags.FLAGS
+NOT_FLAGS = ('model.input_shape', 'seed')  # set from the data / by --seeds
+
+
+def _field_comments(cls) -> dict[str, str]:
+  """The one-line comment beside each field in the dataclass source."""
+  comments = {}
+  for line in inspect.getsource(cls).splitlines():
+    m = re.match(r'\s+(\w+): [^#]*#\s*(.*)$', line)
+    if m:
+      comments[m.group(1)] = m.group(2)
+  return comments
+
+
+def _field_types() -> dict[str, tuple[type, str]]:
+  """config key -> (type, help) for every field that has a flag."""
+  out = {}
+  for section, cls in (('model', config_lib.ModelConfig), ('optim', config_lib.OptimConfig),
+                       ('data', config_lib.DataConfig), ('', config_lib.Config)):
+    comments = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+      key = f'{section}.{f.name}' if section else f.name
+      if key in NOT_FLAGS or f.name in ('model', 'optim', 'data'):
+        continue
+      out[key] = (f.type, comments.get(f.name, ''))
+  return out
+
+
+FIELDS = _field_types()
+
+
+def flag_name(key: str) -> str:
+  return key.split('.')[-1]
+
+
+def is_tuple_field(key: str) -> bool:
+  return typing.get_origin(FIELDS[key][0]) is tuple
+
+
+def _scalar(key: str, text: str, kind) -> typing.Any:
+  """Parses one value of type `kind` (int, float, str, str | int, str | None)."""
+  text = text.strip()
+  options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+  if type(None) in options and text.lower() == 'none':
+    return None
+  # Numbers before strings: padding '1' is one pixel, not the string '1'.
+  for option in sorted(options, key=lambda o: o is str):
+    if option is int:
+      try:
+        return int(text)
+      except ValueError:
+        pass
+    elif option is float:
+      try:
+        return float(text)
+      except ValueError:
+        pass
+    elif option is str:
+      return text
+  expected = ' or '.join(o.__name__ for o in options if o is not type(None))
+  raise ValueError(f'--{flag_name(key)}: {text!r} is not a valid {expected}.')
+
+
+def parse_values(key: str, occurrences: list[str]) -> list[typing.Any]:
+  """The sweep values of one flag, from each time it was given."""
+  kind, _ = FIELDS[key]
+  if is_tuple_field(key):
+    item = typing.get_args(kind)[0]
+    values = []
+    for text in occurrences:
+      items = [] if text.strip().lower() in ('', 'none') else text.split(',')
+      values.append(tuple(_scalar(key, t, item) for t in items))
+    return values
+  return [_scalar(key, t, kind) for text in occurrences for t in text.split(',')]
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+  for key, (_, help_text) in FIELDS.items():
+    syntax = ('one value per flag, commas between blocks; repeat to sweep'
+              if is_tuple_field(key) else 'comma-separated values are swept')
+    flags.DEFINE_multi_string(flag_name(key), None, f'{help_text} [{key}; {syntax}]',
+                              flag_values=fv)
+  recipes = ', '.join(sorted(config_lib.RECIPES))
+  cache = os.path.join(os.path.expanduser('~'), '.cache', 'lenet_jax', 'xla')
+  flags.DEFINE_string('recipe', 'default', f'Base recipe the flags override: {recipes}.',
+                      flag_values=fv)
+  flags.DEFINE_integer('seeds', 1, 'Number of seeds per configuration.', flag_values=fv)
+  flags.DEFINE_integer('first_seed', 0, 'Seeds are first_seed, first_seed+1, ...',
+                       flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'Where each run writes its config and metrics, and '
+                      'the sweep its results table. None: nothing is written.', flag_values=fv)
+  flags.DEFINE_boolean('describe', False, 'Print the shape trace (output sizes, parameters, '
+                       'multiply-adds, receptive field) and exit, without training.',
+                       flag_values=fv)
+  flags.DEFINE_integer('max_models', 8, 'Most runs trained together in one vmapped program.',
+                       flag_values=fv)
+  flags.DEFINE_string('cache_dir', cache,
+                      "JAX's persistent compilation cache ('' disables it).", flag_values=fv)
+
+
+def sweep_from_flags(fv: flags.FlagValues = FLAGS):
+  """The Sweep the flags describe; raises ValueError with the offending flag."""
+  from lenet_jax import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  base = config_lib.recipe(fv.recipe)
+  axes = {}
+  for key in FIELDS:
+    given = fv[flag_name(key)].value
+    if not given:
+      continue
+    values = parse_values(key, given)
+    if len(values) == 1:
+      base = config_lib.override(base, {key: values[0]})
+    else:
+      axes[key] = values
+  if fv.seeds < 1:
+    raise ValueError(f'--seeds={fv.seeds} must be >= 1.')
+  seeds = tuple(range(fv.first_seed, fv.first_seed + fv.seeds))
+  return sweep_lib.Sweep(base, axes, seeds)
+
+
+def main(argv) -> int:
+  """Runs what the flags ask for; returns the exit status."""
+  # pylint: disable=import-outside-toplevel
+  from lenet_jax import arch, data, sweep as sweep_lib
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.',
+          file=sys.stderr)
+    return 2
+  try:
+    sweep = sweep_from_flags()
+    configs = sweep_lib.expand(sweep)
+    info = data.dataset_info(sweep.base.data.dataset)
+    for cfg in configs:
+      cfg = config_lib.override(cfg, {'model.input_shape': info.input_shape})
+      config_lib.validate(cfg)
+      arch.trace(cfg.model)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if FLAGS.describe:
+    seen = set()
+    for cfg in configs:
+      model = config_lib.override(cfg, {'model.input_shape': info.input_shape}).model
+      if model not in seen:
+        seen.add(model)
+        print(arch.describe(model), end='\n\n')
+    return 0
+
+  import jax
+  if FLAGS.cache_dir:
+    jax.config.update('jax_compilation_cache_dir', FLAGS.cache_dir)
+  try:
+    dataset = data.load(sweep.base.data)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'{len(configs)} run(s) on {dataset.name} from {dataset.source} '
+        f'({len(dataset.train_images)} train, {len(dataset.val_images)} validation, '
+        f'{len(dataset.test_images)} test), JAX backend {jax.default_backend()}', flush=True)
+  rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, dataset, FLAGS.max_models,
+                             progress=lambda line: print(line, flush=True))
+  print()
+  print(sweep_lib.summary_table(rows))
+  if len(rows) == 1:
+    r = rows[0]
+    print(f"\nstatus {r['status']}; validation accuracy {r['val_acc']}; "
+          f"test accuracy {r['test_acc']}")
+  if FLAGS.workdir:
+    print(f'\nresults: {os.path.join(FLAGS.workdir, "results.csv")}')
+  return 0

@@ -1,0 +1,200 @@
+"""Sweeps: the Cartesian product of override values times seeds, run and recorded.
+
+A sweep is data: a base `Config`, an ordered mapping from config field to the
+values it takes, and the seeds. `expand` turns it into one Config per run;
+`groups` batches runs that one vmapped program can train together;
+`run_sweep` trains them and writes, under the workdir:
+
+  runs/<run_id>/config.json     the run's full configuration
+  runs/<run_id>/metrics.jsonl   one JSON line per epoch
+  runs/<run_id>/final.json      status, final metrics, parameters, FLOPs, seconds
+  results.jsonl, results.csv    one row per run, rewritten atomically after each group
+"""
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lenet_jax import arch
+from lenet_jax import config as config_lib
+from lenet_jax import loop
+from lenet_jax import stats
+from lenet_jax.config import Config
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  base: Config
+  axes: dict[str, list[Any]]  # config field -> values; the product is swept
+  seeds: tuple[int, ...] = (0,)
+
+
+def expand(sweep: Sweep) -> list[Config]:
+  """One Config per (point of the product, seed), seeds varying fastest."""
+  names = list(sweep.axes)
+  configs = []
+  for values in itertools.product(*(sweep.axes[n] for n in names)):
+    point = config_lib.override(sweep.base, dict(zip(names, values)))
+    configs.extend(dataclasses.replace(point, seed=s) for s in sweep.seeds)
+  return configs
+
+
+def run_id(cfg: Config) -> str:
+  """A stable name from a hash of the full configuration."""
+  blob = json.dumps(config_lib.to_dict(cfg), sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def groups(configs: Sequence[Config], max_models: int) -> list[list[Config]]:
+  """Runs of one architecture and recipe, at most `max_models` per program, in sweep order."""
+  by_key: dict[Config, list[Config]] = {}
+  for cfg in configs:
+    by_key.setdefault(loop.group_key(cfg), []).append(cfg)
+  out = []
+  for members in by_key.values():
+    out.extend(members[i:i + max_models] for i in range(0, len(members), max_models))
+  return out
+
+
+def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = ','.join(map(str, v)) if isinstance(v, (list, tuple)) else v
+  return out
+
+
+def result_row(res: loop.RunResult) -> dict[str, Any]:
+  """One row of results.csv: the configuration, size and final metrics of a run."""
+  facts = arch.totals(res.config.model)
+  final = res.final
+  row = {'run_id': run_id(res.config), 'status': res.status,
+         'diverged_epoch': res.diverged_epoch, 'params': facts['params'],
+         'flops': facts['flops'], 'epochs_run': len(res.history)}
+  for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'test_loss', 'test_acc'):
+    row[key] = final.get(key) if res.status == 'ok' else None
+  rates = [h['images_per_s'] for h in res.history[1:]] or [h['images_per_s'] for h in res.history]
+  row['images_per_s'] = sorted(rates)[len(rates) // 2] if rates else None
+  row['train_seconds'] = res.train_seconds
+  row['compile_seconds'] = res.compile_seconds
+  row.update(_flat(config_lib.to_dict(res.config)))
+  return row
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def write_run(workdir: str, res: loop.RunResult) -> dict[str, Any]:
+  run_dir = os.path.join(workdir, 'runs', run_id(res.config))
+  os.makedirs(run_dir, exist_ok=True)
+  _atomic_write(os.path.join(run_dir, 'config.json'),
+                json.dumps(config_lib.to_dict(res.config), indent=2))
+  _atomic_write(os.path.join(run_dir, 'metrics.jsonl'),
+                ''.join(json.dumps(h) + '\n' for h in res.history))
+  row = result_row(res)
+  _atomic_write(os.path.join(run_dir, 'final.json'), json.dumps(row, indent=2))
+  return row
+
+
+def write_results(workdir: str, rows: list[dict[str, Any]]) -> None:
+  _atomic_write(os.path.join(workdir, 'results.jsonl'),
+                ''.join(json.dumps(r) + '\n' for r in rows))
+  columns = list(dict.fromkeys(k for r in rows for k in r))
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  _atomic_write(os.path.join(workdir, 'results.csv'), buf.getvalue())
+
+
+def varying_fields(rows: list[dict[str, Any]]) -> list[str]:
+  """Config columns (other than the seed) whose value differs between rows."""
+  keys = [k for k in rows[0] if k.startswith(('model.', 'optim.', 'data.')) or k in (
+      'batch_size', 'epochs')]
+  return [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+  """One line per configuration: mean +- std over seeds of the final metrics."""
+  if not rows:
+    return '(no runs)'
+  fields = varying_fields(rows)
+  table: dict[tuple, list[dict[str, Any]]] = {}
+  for r in rows:
+    table.setdefault(tuple(str(r.get(f)) for f in fields), []).append(r)
+  header = [f.split('.')[-1] for f in fields] + [
+      'params', 'MFLOPs', 'ok/runs', 'val_acc', 'test_acc', 'img/s']
+  lines = [header]
+  for key, members in table.items():
+    ok = [m for m in members if m['status'] == 'ok']
+    lines.append(list(key) + [
+        f"{members[0]['params']:,}", f"{members[0]['flops'] / 1e6:.2f}",
+        f'{len(ok)}/{len(members)}',
+        stats.format_mean_std([m['val_acc'] for m in ok]),
+        stats.format_mean_std([m['test_acc'] for m in ok]),
+        stats.format_mean_std([m['images_per_s'] for m in ok], 0)])
+  widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+  out = ['  '.join(str(c).rjust(w) for c, w in zip(line, widths)) for line in lines]
+  out.insert(1, '-' * len(out[0]))
+  return '\n'.join(out)
+
+
+def run_sweep(sweep: Sweep, workdir: str | None, dataset,
+              max_models: int = 8,
+              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+  """Trains every run of `sweep`; returns (and writes) one row per run."""
+  configs = expand(sweep)
+  for cfg in configs:  # every bad value fails here, before any training
+    cfg = loop.with_input_shape(cfg, dataset)
+    config_lib.validate(cfg)
+    arch.trace(cfg.model)
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+  batches = groups(configs, max_models)
+  rows: list[dict[str, Any]] = []
+  done_epochs, total_epochs = 0, sum(c.epochs for c in configs)
+  start = time.perf_counter()
+  first = 0
+  for g, members in enumerate(batches, start=1):
+    label = (f'run {first + 1} of {len(configs)}' if len(members) == 1 else
+             f'runs {first + 1}-{first + len(members)} of {len(configs)}')
+
+    def on_epoch(epoch, results, label=label, members=members):
+      nonlocal done_epochs
+      done_epochs += len(members)
+      elapsed = time.perf_counter() - start
+      left = elapsed / done_epochs * (total_epochs - done_epochs)
+      if progress:
+        live = [r.history[-1] for r in results if r.history and r.history[-1]['epoch'] == epoch + 1]
+        if live:
+          mean = lambda k: sum(h.get(k, float('nan')) for h in live) / len(live)
+          progress(f'[{label}] epoch {epoch + 1}/{members[0].epochs}  '
+                   f'loss {mean("train_loss"):.4f}  acc {mean("train_acc"):.4f}  '
+                   f'val {mean("val_acc"):.4f}  {sum(h["images_per_s"] for h in live):,.0f} img/s  '
+                   f'{elapsed:.0f}s elapsed, ~{left:.0f}s left')
+
+    results = loop.train_group(members, dataset, on_epoch, keep_params=False)
+    for res in results:
+      if res.status == 'diverged' and progress:
+        progress(f'[{label}] seed {res.config.seed}: diverged (non-finite loss) in '
+                 f'epoch {res.diverged_epoch}; the sweep goes on')
+      rows.append(write_run(workdir, res) if workdir else result_row(res))
+    if workdir:
+      write_results(workdir, rows)
+    first += len(members)
+  return rows
+

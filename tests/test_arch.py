@@ -1,0 +1,97 @@
+"""Analytic shapes, parameter counts and FLOPs, held against the real parameter tree."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lenet_jax import arch
+from lenet_jax.config import ModelConfig
+from lenet_jax.model import LeNet5
+
+ARCHITECTURES = [
+    ModelConfig(),
+    ModelConfig(kernel_size=(3,), padding=('same',), convs_per_block=(2,)),
+    ModelConfig(kernel_size=(2, 4), padding=('same', 'same')),  # even, asymmetric
+    ModelConfig(kernel_size=(6, 3), padding=(1, 'valid'), channels=(4, 8)),
+    ModelConfig(channels=(6, 16, 32), kernel_size=(3,), padding=('same',), dense=(64,)),
+    ModelConfig(kernel_size=(1, 1), padding=('valid',), pool='avg'),
+    ModelConfig(pool='none', dense=()),
+    ModelConfig(normalization='batch', activation='relu'),
+    ModelConfig(input_shape=(32, 32, 3), padding=('valid',), kernel_size=(5,)),
+    ModelConfig(input_shape=(32, 32, 3), kernel_size=(7, 2), padding=(3, 'same'), pool_size=3),
+]
+
+
+def _param_counts(params):
+  return {name: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(sub))
+          for name, sub in params.items()}
+
+
+def test_default_is_the_notes_network():
+  layers = arch.trace(ModelConfig())
+  shapes = {l.name: l.out_shape for l in layers}
+  assert shapes['block1_conv1'] == (28, 28, 6)
+  assert shapes['block1_maxpool'] == (14, 14, 6)
+  assert shapes['block2_conv1'] == (10, 10, 16)
+  assert shapes['block2_maxpool'] == (5, 5, 16)
+  assert shapes['flatten'] == (400,)
+  assert arch.totals(ModelConfig())['params'] == 61_706
+  # Hand count: convs 117,600 + 240,000 multiply-adds, dense 48,000 + 10,080 + 840.
+  assert arch.totals(ModelConfig())['macs'] == 416_520
+
+
+@pytest.mark.parametrize('cfg', ARCHITECTURES, ids=lambda c: str(ARCHITECTURES.index(c)))
+def test_trace_matches_the_real_tree(cfg):
+  model = LeNet5(cfg)
+  x = jnp.zeros((2, *cfg.input_shape))
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  real = _param_counts(variables['params'])
+  layers = arch.trace(cfg)
+  analytic = {l.name: l.params for l in layers if l.params}
+  assert analytic == real
+  # The output and the flatten size that fixes the first dense layer's input.
+  out = jax.eval_shape(model.apply, variables, x)
+  assert out.shape == (2, cfg.num_classes)
+  flatten = next(l for l in layers if l.kind == 'flatten').out_shape[0]
+  first_dense = 'dense1' if cfg.dense else 'logits'
+  assert variables['params'][first_dense]['kernel'].shape[0] == flatten
+  for layer in layers:
+    if layer.kind == 'conv':
+      kernel = variables['params'][layer.name]['kernel'].shape
+      assert layer.macs == layer.out_shape[0] * layer.out_shape[1] * int(np.prod(kernel))
+
+
+@pytest.mark.parametrize('cfg, message', [
+    (ModelConfig(kernel_size=(11,), padding=('valid',)),
+     'block 2 conv 1 (block2_conv1): output size 9 + 0 - 11 + 1 = -1'),
+    (ModelConfig(channels=(6, 16, 6), padding=('valid',)),
+     'block 3 conv 1 (block3_conv1): output size 4 + 0 - 5 + 1 = 0'),
+    (ModelConfig(channels=(6, 16, 32, 64), kernel_size=(3,), padding=('same',), pool_size=2,
+                 input_shape=(8, 8, 1)), 'block 4 pool: output size 1 // 2 = 0'),
+])
+def test_impossible_architectures_raise_before_compiling(cfg, message):
+  with pytest.raises(ValueError, match='impossible architecture') as e:
+    arch.trace(cfg)
+  assert message in str(e.value)
+
+
+def test_receptive_field():
+  # 5x5 conv: 5; 2x2 pool: 6; 5x5 conv at stride 2: 6 + 4*2 = 14; pool: 16.
+  assert [l.receptive_field for l in arch.trace(ModelConfig()) if l.kind != 'dense'] == [
+      5, 6, 14, 16, 16]
+  stacked = ModelConfig(kernel_size=(3,), padding=(1, 'valid'), convs_per_block=(2,))
+  assert arch.totals(stacked)['receptive_field'] == 16
+
+
+def test_even_kernel_same_padding_is_asymmetric():
+  assert arch.conv_pads(2, 'same') == (0, 1)
+  assert arch.conv_pads(4, 'same') == (1, 2)
+  assert arch.conv_pads(5, 'same') == (2, 2)
+  layers = arch.trace(ModelConfig(kernel_size=(4,), padding=('same',)))
+  assert layers[0].out_shape == (28, 28, 6)
+
+
+def test_describe_prints_every_layer():
+  text = arch.describe(ModelConfig())
+  for name in ('block1_conv1', 'block2_maxpool', 'flatten', 'logits', '61,706'):
+    assert name in text

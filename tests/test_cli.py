@@ -1,0 +1,126 @@
+"""Sweep expansion, flag parsing and the command line end to end on a tiny dataset."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from lenet_jax import cli
+from lenet_jax import config as config_lib
+from lenet_jax import sweep as sweep_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_expand_is_the_product_times_seeds():
+  sweep = sweep_lib.Sweep(config_lib.default(),
+                          {'model.channels': [(6, 16), (12, 32)],
+                           'model.kernel_size': [(3,), (5,)]}, seeds=(0, 1))
+  configs = sweep_lib.expand(sweep)
+  assert len(configs) == 8
+  assert [c.seed for c in configs[:2]] == [0, 1]
+  assert {(c.model.channels, c.model.kernel_size) for c in configs} == {
+      ((6, 16), (3,)), ((6, 16), (5,)), ((12, 32), (3,)), ((12, 32), (5,))}
+  assert len({sweep_lib.run_id(c) for c in configs}) == 8
+
+
+def test_groups_batch_seeds_and_learning_rates_of_one_architecture():
+  sweep = sweep_lib.Sweep(config_lib.default(),
+                          {'model.kernel_size': [(3,), (5,)],
+                           'optim.learning_rate': [1e-3, 3e-3]}, seeds=(0, 1, 2))
+  batches = sweep_lib.groups(sweep_lib.expand(sweep), max_models=4)
+  assert [len(b) for b in batches] == [4, 2, 4, 2]
+  for b in batches:
+    assert len({c.model.kernel_size for c in b}) == 1
+
+
+@pytest.fixture
+def parsed():
+  def parse(*args):
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(['run.py', *args])
+    return cli.sweep_from_flags(fv)
+  return parse
+
+
+def test_flag_syntax(parsed):
+  sweep = parsed('--channels=6,16', '--channels=12,32', '--kernel_size=3',
+                 '--kernel_size=5', '--learning_rate=1e-3,3e-3', '--activation=tanh',
+                 '--padding=same', '--seeds=3', '--first_seed=10', '--dense=none')
+  assert sweep.axes == {'model.channels': [(6, 16), (12, 32)],
+                        'model.kernel_size': [(3,), (5,)],
+                        'optim.learning_rate': [1e-3, 3e-3]}
+  assert sweep.base.model.activation == 'tanh'
+  assert sweep.base.model.padding == ('same',)
+  assert sweep.base.model.dense == ()
+  assert sweep.seeds == (10, 11, 12)
+  assert parsed('--recipe=d2l').base == config_lib.d2l()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--channels=6,x'], "--channels: 'x' is not a valid int"),
+    (['--learning_rate=fast'], "--learning_rate: 'fast' is not a valid float"),
+    (['--recipe=lenet1'], "recipe='lenet1' is unknown"),
+    (['--seeds=0'], '--seeds=0 must be >= 1'),
+])
+def test_bad_flags_name_the_value(parsed, args, message):
+  with pytest.raises(ValueError, match='.*') as e:
+    parsed(*args)
+  assert message in str(e.value)
+
+
+def _run(*args, env=None):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600,
+                        env={**os.environ, 'PYTHONPATH': ROOT, **(env or {})})
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--channels=6,16,32'], "padding=(2, 'valid') has 2 entries but channels=(6, 16, 32)"),
+    (['--kernel_size=11', '--padding=valid'], 'output size 9 + 0 - 11 + 1 = -1'),
+    (['--learning_rate=0'], 'optim.learning_rate=0.0 must be > 0'),
+    (['--dataset=imagenet'], "dataset='imagenet' is unknown"),
+    (['--activation=swish'], "model.activation='swish' is not one of"),
+    (['positional'], 'unexpected arguments'),
+])
+def test_the_command_line_rejects_bad_input_before_training(args, message):
+  proc = _run('--describe', *args)
+  assert proc.returncode == 2, proc.stderr
+  assert message in proc.stderr
+
+
+def test_describe_prints_the_trace_without_training():
+  proc = _run('--describe', '--kernel_size=3', '--padding=1,valid', '--convs_per_block=2')
+  assert proc.returncode == 0, proc.stderr
+  assert 'block1_conv2' in proc.stdout and 'block2_conv2' in proc.stdout
+  assert 'forward FLOPs' in proc.stdout
+
+
+def test_a_sweep_end_to_end_writes_runs_and_a_table(idx_dir, tmp_path):
+  workdir = tmp_path / 'sweep'
+  proc = _run('--dataset=mnist', f'--idx_dir={idx_dir}', '--validation_size=200',
+              '--channels=4,8', '--channels=6,8', '--dense=16', '--epochs=2',
+              '--batch_size=100', '--seeds=2', f'--workdir={workdir}', '--cache_dir=')
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout
+  assert f'from idx:{idx_dir}' in out
+  assert '[runs 1-2 of 4] epoch 2/2' in out and 'left' in out
+  assert 'channels' in out and 'test_acc' in out and '2/2' in out
+  with open(workdir / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 4
+  assert {r['model.channels'] for r in rows} == {'4,8', '6,8'}
+  assert all(r['status'] == 'ok' and 0 <= float(r['test_acc']) <= 1 for r in rows)
+  jsonl = [json.loads(line) for line in open(workdir / 'results.jsonl')]
+  assert [r['run_id'] for r in jsonl] == [r['run_id'] for r in rows]
+  for r in rows:
+    run_dir = workdir / 'runs' / r['run_id']
+    config = json.load(open(run_dir / 'config.json'))
+    assert config['model']['channels'] in ([4, 8], [6, 8])
+    epochs = [json.loads(line) for line in open(run_dir / 'metrics.jsonl')]
+    assert [e['epoch'] for e in epochs] == [1, 2]
+    assert {'train_loss', 'val_acc', 'test_acc', 'images_per_s', 'seconds'} <= set(epochs[0])

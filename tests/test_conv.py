@@ -1,0 +1,80 @@
+"""The fast CPU convolution and pooling compute the same function as XLA's."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from lenet_jax import conv
+
+CASES = [  # (kernel, padding, cin, cout, size)
+    (1, ((0, 0), (0, 0)), 3, 4, 7),
+    (2, ((0, 1), (0, 1)), 1, 6, 8),  # even kernel, asymmetric 'same'
+    (3, ((1, 1), (1, 1)), 6, 16, 9),
+    (4, ((1, 2), (1, 2)), 2, 3, 6),
+    (5, ((2, 2), (2, 2)), 1, 6, 12),
+    (5, ((0, 0), (0, 0)), 6, 16, 10),
+    (6, ((3, 3), (0, 0)), 2, 2, 8),  # different padding per axis
+    (7, ((1, 1), (1, 1)), 3, 5, 9),
+    (11, ((5, 5), (5, 5)), 1, 2, 11),
+    (3, ((-1, 0), (0, -1)), 2, 2, 7),  # negative padding crops, as in XLA
+]
+
+
+@pytest.mark.parametrize('kernel, padding, cin, cout, size', CASES)
+def test_patches_conv_matches_xla_values_and_gradients(kernel, padding, cin, cout, size):
+  kx, kw, kg = jax.random.split(jax.random.key(kernel), 3)
+  x = jax.random.normal(kx, (3, size, size + 1, cin))
+  w = jax.random.normal(kw, (kernel, kernel, cin, cout))
+  args = dict(window_strides=(1, 1), padding=padding, dimension_numbers=conv.NHWC)
+  want = lax.conv_general_dilated(x, w, **args)
+  got = conv.patches_conv(x, w, **args)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(kg, want.shape)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w, **args) * cotangent)
+  want_grads = jax.grad(loss(lax.conv_general_dilated), argnums=(0, 1))(x, w)
+  got_grads = jax.grad(loss(conv.patches_conv), argnums=(0, 1))(x, w)
+  for g, wg in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, wg, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('padding', ['SAME', 'VALID'])
+def test_string_paddings(padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+  w = jax.random.normal(jax.random.key(1), (4, 4, 3, 2))
+  args = dict(window_strides=(1, 1), padding=padding, dimension_numbers=conv.NHWC)
+  np.testing.assert_allclose(conv.patches_conv(x, w, **args),
+                             lax.conv_general_dilated(x, w, **args), rtol=1e-5, atol=1e-5)
+
+
+def test_flax_conv_with_patches_equals_flax_conv():
+  x = jax.random.normal(jax.random.key(0), (2, 10, 10, 3))
+  ref = nn.Conv(5, (3, 3), padding='SAME')
+  fast = nn.Conv(5, (3, 3), padding='SAME', conv_general_dilated=conv.patches_conv)
+  params = ref.init(jax.random.key(1), x)
+  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_convolutions_say_so():
+  x, w = jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 2, 2))
+  with pytest.raises(NotImplementedError, match='conv_impl="xla"'):
+    conv.patches_conv(x, w, window_strides=(2, 2), padding='VALID',
+                      dimension_numbers=conv.NHWC)
+
+
+@pytest.mark.parametrize('kind, reference', [('max', nn.max_pool), ('avg', nn.avg_pool)])
+@pytest.mark.parametrize('size, window', [(10, 2), (11, 2), (9, 3)])
+def test_window_pool_matches_flax(kind, reference, size, window):
+  x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
+  np.testing.assert_allclose(conv.window_pool(x, window, kind),
+                             reference(x, (window, window), strides=(window, window)),
+                             rtol=1e-6)
+
+
+def test_auto_picks_patches_on_cpu_and_xla_elsewhere():
+  assert conv.conv_impl('auto', 'cpu') is conv.patches_conv
+  assert conv.conv_impl('auto', 'gpu') is lax.conv_general_dilated
+  assert conv.conv_impl('auto', 'tpu') is lax.conv_general_dilated
+  with pytest.raises(ValueError, match="conv_impl='fast'"):
+    conv.conv_impl('fast')

@@ -1,0 +1,132 @@
+"""Pure train/eval steps: fitting, determinism, exact evaluation, foreign models, divergence."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import separable_images
+from lenet_jax import config as config_lib
+from lenet_jax import data, loop, train
+from lenet_jax.config import Config, ModelConfig, OptimConfig
+from lenet_jax.model import LeNet5
+
+TINY = ModelConfig(channels=(4, 8), activation='relu', dense=(32,))
+
+
+def tiny_dataset(n_train=512, n_test=200, seed=0):
+  rng = np.random.default_rng(seed)
+  x, y = separable_images(n_train + 300 + n_test, rng)
+  x = x[..., None]
+  y = y.astype(np.int32)
+  return data.Dataset('separable', 'test fixture', x[:n_train], y[:n_train],
+                      x[n_train:n_train + 300], y[n_train:n_train + 300],
+                      x[-n_test:], y[-n_test:])
+
+
+def tiny_config(**overrides):
+  cfg = Config(model=TINY, optim=OptimConfig(learning_rate=3e-3), batch_size=64, epochs=3,
+               eval_batch_size=128)
+  return config_lib.override(cfg, overrides)
+
+
+def test_train_step_fits_a_separable_dataset():
+  ds = tiny_dataset()
+  [res] = loop.train_group([tiny_config(epochs=6)], ds)
+  assert res.status == 'ok'
+  logits = LeNet5(res.config.model).apply({'params': res.params},
+                                          ds.train_images.astype(np.float32) / 255)
+  assert np.mean(np.argmax(logits, -1) == ds.train_labels) == 1.0
+  assert res.final['val_acc'] == 1.0 and res.final['test_acc'] == 1.0
+
+
+def test_same_seed_same_parameters_and_different_seed_differs():
+  ds = tiny_dataset()
+  a, b = (loop.train_group([tiny_config(epochs=1)], ds)[0] for _ in range(2))
+  c = loop.train_group([tiny_config(epochs=1, seed=1)], ds)[0]
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a.params['dense1']['kernel'], c.params['dense1']['kernel'])
+
+
+def test_vmapped_runs_train_as_they_would_alone():
+  ds = tiny_dataset()
+  configs = [tiny_config(epochs=2, seed=0),
+             tiny_config(epochs=2, seed=1, **{'optim.learning_rate': 1e-3})]
+  together = loop.train_group(configs, ds)
+  for cfg, res in zip(configs, together):
+    [alone] = loop.train_group([cfg], ds)
+    for x, y in zip(jax.tree.leaves(alone.params), jax.tree.leaves(res.params)):
+      np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+    assert abs(alone.final['test_loss'] - res.final['test_loss']) < 1e-4
+
+
+def test_runs_of_different_architectures_are_refused_as_a_group():
+  with pytest.raises(ValueError, match='differ only in seed'):
+    loop.train_group([tiny_config(), tiny_config(**{'model.channels': (5, 8)})], tiny_dataset())
+
+
+@pytest.mark.parametrize('batch_size', [1, 7, 64, 199, 200, 1000])
+def test_evaluation_counts_every_example_exactly_once(batch_size):
+  ds = tiny_dataset()
+  model = LeNet5(TINY)
+  state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
+  totals = train.evaluate(state, jnp.asarray(ds.test_images), jnp.asarray(ds.test_labels),
+                          batch_size=batch_size)
+  logits = model.apply({'params': state.params}, ds.test_images.astype(np.float32) / 255)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, ds.test_labels)
+  assert int(totals['count']) == 200
+  assert int(totals['correct']) == int(np.sum(np.argmax(logits, -1) == ds.test_labels))
+  np.testing.assert_allclose(float(totals['loss_sum']), float(losses.sum()), rtol=1e-4)
+
+
+class ForeignMLP(nn.Module):
+  """Somebody else's model, with batch norm: trained through the imported train_step."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dense(64)(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    return nn.Dense(10)(nn.relu(x))
+
+
+def test_a_foreign_flax_model_trains_through_the_imported_train_step():
+  from lenet_jax import create_train_state, eval_step, train_step  # the public API
+  ds = tiny_dataset()
+  state = create_train_state(ForeignMLP(), optax.adam(1e-2), jax.random.key(0), (28, 28, 1))
+  assert 'batch_stats' in state.model_state
+  # train_step donates the state, so keep a host copy.
+  stats_before = np.array(state.model_state['batch_stats']['BatchNorm_0']['mean'])
+  first = None
+  for epoch in range(5):
+    for i in range(0, 512, 64):
+      state, metrics = train_step(state, {'image': ds.train_images[i:i + 64],
+                                          'label': ds.train_labels[i:i + 64]})
+      first = first if first is not None else float(metrics['loss'])
+  assert float(metrics['loss']) < first / 5
+  assert not np.allclose(state.model_state['batch_stats']['BatchNorm_0']['mean'], stats_before)
+  sums = eval_step(state, {'image': ds.test_images, 'label': ds.test_labels})
+  assert int(sums['count']) == 200 and int(sums['correct']) >= 190
+
+
+def test_a_diverging_run_is_recorded_and_the_others_go_on():
+  ds = tiny_dataset()
+  sgd = {'optim.optimizer': 'sgd', 'optim.schedule': 'constant'}
+  configs = [tiny_config(epochs=3, seed=0, **sgd, **{'optim.learning_rate': 0.1}),
+             tiny_config(epochs=3, seed=1, **sgd, **{'optim.learning_rate': 1e12})]
+  ok, bad = loop.train_group(configs, ds)
+  assert bad.status == 'diverged' and bad.diverged_epoch == 1
+  assert ok.status == 'ok' and len(ok.history) == 3
+
+
+def test_optimizers_and_schedules_all_train():
+  ds = tiny_dataset(n_train=256)
+  for optimizer, schedule, lr in [('sgd', 'constant', 0.5), ('momentum', 'step', 0.05),
+                                  ('adamw', 'cosine', 3e-3)]:
+    cfg = tiny_config(epochs=2, **{'optim.optimizer': optimizer, 'optim.schedule': schedule,
+                                   'optim.learning_rate': lr, 'optim.step_decay_every': 1})
+    [res] = loop.train_group([cfg], ds)
+    assert res.status == 'ok'
+    assert res.history[-1]['train_loss'] < res.history[0]['train_loss'] * 1.05, optimizer
