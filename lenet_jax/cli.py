@@ -11,6 +11,7 @@ Sweep syntax (also in --help):
 """
 import dataclasses
 import inspect
+import logging
 import os
 import re
 import sys
@@ -170,6 +171,8 @@ def main(argv) -> int:
     return 0
 
   import jax
+  # JAX logs a failed TPU probe at INFO on every CPU start; it is not news.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   if FLAGS.cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.cache_dir)
   try:
