@@ -118,6 +118,9 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                        flag_values=fv)
   flags.DEFINE_integer('max_models', 8, 'Most runs trained together in one vmapped program.',
                        flag_values=fv)
+  flags.DEFINE_float('target_test_acc', None, 'Stop each group of runs after the first '
+                     'epoch whose test accuracy reaches this (time-to-accuracy benchmarks; '
+                     'never use it for model selection).', flag_values=fv)
   flags.DEFINE_string('cache_dir', cache,
                       "JAX's persistent compilation cache ('' disables it).", flag_values=fv)
 
@@ -184,7 +187,8 @@ def main(argv) -> int:
         f'({len(dataset.train_images)} train, {len(dataset.val_images)} validation, '
         f'{len(dataset.test_images)} test), JAX backend {jax.default_backend()}', flush=True)
   rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, dataset, FLAGS.max_models,
-                             progress=lambda line: print(line, flush=True))
+                             progress=lambda line: print(line, flush=True),
+                             target_test_acc=FLAGS.target_test_acc)
   print()
   print(sweep_lib.summary_table(rows))
   if len(rows) == 1:

@@ -14,6 +14,7 @@ slices, reshapes and one matrix multiply, which XLA's CPU backend runs well:
 `conv_impl(name)` picks the implementation per backend: on GPU/TPU the XLA
 convolution stays the default.
 """
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -22,6 +23,7 @@ from jax import lax
 
 CONV_IMPLS = ('auto', 'xla', 'patches')
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+CHWN = ('CHWN', 'HWIO', 'CHWN')  # batch minor: what the CPU likes
 
 
 def _pads(padding, window: Sequence[int]) -> list[tuple[int, int]]:
@@ -39,37 +41,53 @@ def patches_conv(lhs, rhs, window_strides=(1, 1), padding='VALID',
                  preferred_element_type=None):
   """`lax.conv_general_dilated` as shifted slices, one concatenate and a matmul.
 
-  The k*k shifted views of the padded input are concatenated along channels
-  (the im2col patches, in HWIO order), so the whole convolution is a single
-  (N*Ho*Wo, k*k*Cin) x (k*k*Cin, Cout) matrix multiply.
+  The k*k shifted views of the padded input are stacked into im2col patches
+  (in HWIO order), so the whole convolution is one matrix multiply. Two
+  layouts are supported:
+    NHWC: patches (N*Ho*Wo, k*k*Cin) @ kernel (k*k*Cin, Cout).
+    CHWN (batch minor, the fast one on CPU): kernel^T (Cout, k*k*Cin) @
+      patches (k*k*Cin, Ho*Wo*N); every shifted view is a run of whole rows of
+      N contiguous values, so building the patches is a plain copy, and the
+      output comes out in CHWN again.
   """
-  if (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
-      or tuple(window_strides) != (1, 1) or any(d != 1 for d in lhs_dilation or ())
-      or any(d != 1 for d in rhs_dilation or ()) or feature_group_count != 1
-      or batch_group_count != 1):
+  layout = _layout(lhs.shape, rhs.shape, dimension_numbers)
+  if (layout is None or tuple(window_strides) != (1, 1)
+      or any(d != 1 for d in lhs_dilation or ()) or any(d != 1 for d in rhs_dilation or ())
+      or feature_group_count != 1 or batch_group_count != 1):
     raise NotImplementedError(
-        'patches_conv handles 2-D NHWC/HWIO convolutions with stride 1, no '
-        f'dilation and one feature group; got strides={window_strides}, '
+        'patches_conv handles 2-D NHWC or CHWN inputs with HWIO kernels, stride 1, '
+        f'no dilation and one feature group; got strides={window_strides}, '
         f'dimension_numbers={dimension_numbers}, '
         f'feature_group_count={feature_group_count}. Use conv_impl="xla".')
   kh, kw, cin, cout = rhs.shape
   (top, bottom), (left, right) = _pads(padding, (kh, kw))
-  # lax.pad also takes negative pads (cropping), as the convolution does.
-  x_BxHxWxC = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                      ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
-  batch, height, width, _ = x_BxHxWxC.shape
-  out_h, out_w = height - kh + 1, width - kw + 1
-  if kh == 1 and kw == 1:
-    patches = x_BxHxWxC
-  else:
-    patches = jnp.concatenate(
-        [x_BxHxWxC[:, i:i + out_h, j:j + out_w, :]
-         for i in range(kh) for j in range(kw)], axis=-1)
-  y = jnp.dot(patches.reshape(batch * out_h * out_w, kh * kw * cin),
-              rhs.reshape(kh * kw * cin, cout), precision=precision,
-              preferred_element_type=preferred_element_type)
-  return y.reshape(batch, out_h, out_w, cout)
+  # Both layouts keep H and W on axes 1 and 2. lax.pad also takes negative
+  # pads (cropping), as the convolution does.
+  x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+              ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  views = [x[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)]
+  dot = functools.partial(jnp.dot, precision=precision,
+                          preferred_element_type=preferred_element_type)
+  if layout == NHWC:
+    batch = x.shape[0]
+    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+    y = dot(patches.reshape(batch * out_h * out_w, kh * kw * cin),
+            rhs.reshape(kh * kw * cin, cout))
+    return y.reshape(batch, out_h, out_w, cout)
+  batch = x.shape[3]
+  patches = jnp.stack(views).reshape(kh * kw * cin, out_h * out_w * batch)
+  y = dot(rhs.reshape(kh * kw * cin, cout).T, patches)
+  return y.reshape(cout, out_h, out_w, batch)
+
+
+def _layout(lhs_shape, rhs_shape, dimension_numbers):
+  """NHWC or CHWN if `dimension_numbers` is one of them (with HWIO kernels), else None."""
+  given = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+  for layout in (NHWC, CHWN):
+    if given == lax.conv_dimension_numbers(lhs_shape, rhs_shape, layout):
+      return layout
+  return None
 
 
 def xla_conv(lhs, rhs, **kwargs):
@@ -85,16 +103,16 @@ def conv_impl(name: str, backend: str | None = None):
   return patches_conv if name == 'patches' else lax.conv_general_dilated
 
 
-def window_pool(x_BxHxWxC, window: int, kind: str):
+def window_pool(x, window: int, kind: str):
   """Max or average pooling over non-overlapping window x window tiles.
 
-  Like 'VALID' pooling with stride == window, rows and columns that do not
-  fill a whole window are dropped.
+  H and W are axes 1 and 2 (NHWC or CHWN). Like 'VALID' pooling with
+  stride == window, rows and columns that do not fill a whole window are dropped.
   """
-  batch, height, width, channels = x_BxHxWxC.shape
+  lead, height, width, last = x.shape
   out_h, out_w = height // window, width // window
-  x = x_BxHxWxC[:, :out_h * window, :out_w * window, :]
-  x = x.reshape(batch, out_h, window, out_w, window, channels)
+  x = x[:, :out_h * window, :out_w * window, :]
+  x = x.reshape(lead, out_h, window, out_w, window, last)
   if kind == 'max':
     return x.max(axis=(2, 4))
   if kind == 'avg':

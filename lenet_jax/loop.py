@@ -61,9 +61,13 @@ def _summarise(totals) -> tuple[float, float]:
 
 
 def train_group(configs: list[Config], dataset: Dataset,
-                on_epoch: Callable[[int, list[RunResult]], None] | None = None,
+                on_epoch: Callable[[int, list[RunResult]], bool | None] | None = None,
                 keep_params: bool = True) -> list[RunResult]:
-  """Trains `configs` (equal up to seed and numeric hyperparameters) together."""
+  """Trains `configs` (equal up to seed and numeric hyperparameters) together.
+
+  `on_epoch(epoch, results)` is called after every epoch; returning True ends
+  training there (the runs keep status 'ok' and the epochs they ran).
+  """
   configs = [with_input_shape(c, dataset) for c in configs]
   base = configs[0]
   for cfg in configs:
@@ -130,9 +134,8 @@ def train_group(configs: list[Config], dataset: Dataset,
         live.remove(i)
         continue
       res.history.append(row)
-    if on_epoch:
-      on_epoch(epoch, results)
-    if not live:
+    stop = on_epoch(epoch, results) if on_epoch else False
+    if stop or not live:  # on_epoch returns True to end training early
       break
   for i, res in enumerate(results):
     res.compile_seconds = compile_seconds

@@ -4,6 +4,8 @@
 the parameter tree match the layer names of `arch.trace`, which is how tests
 hold the analytic counts against the real tree.
 """
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,9 @@ from lenet_jax.config import ModelConfig
 ACTIVATION_FNS = {'sigmoid': nn.sigmoid, 'tanh': jnp.tanh, 'relu': nn.relu,
                   'gelu': nn.gelu, 'silu': nn.silu}
 
+# Non-decreasing activations, which commute with max pooling.
+MONOTONE = ('sigmoid', 'tanh', 'relu')
+
 KERNEL_INITS = {
     'lecun': nn.initializers.lecun_normal(),  # Flax's default
     'xavier': nn.initializers.xavier_uniform(),  # d2l's recipe
@@ -24,8 +29,34 @@ KERNEL_INITS = {
 }
 
 
+class Conv(nn.Module):
+  """A stride-1 convolution with nn.Conv's parameters ('kernel' HWIO, 'bias') in any layout."""
+  features: int
+  kernel_size: int
+  pads: tuple[int, int]
+  kernel_init: Callable
+  conv_fn: Callable = jax.lax.conv_general_dilated
+  layout: str = 'NHWC'  # or 'CHWN'
+
+  @nn.compact
+  def __call__(self, x):
+    k, channel_axis = self.kernel_size, self.layout.index('C')
+    kernel = self.param('kernel', self.kernel_init,
+                        (k, k, x.shape[channel_axis], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    y = self.conv_fn(x, kernel.astype(x.dtype), window_strides=(1, 1),
+                     padding=(self.pads, self.pads),
+                     dimension_numbers=(self.layout, 'HWIO', self.layout))
+    return y + bias.reshape([-1 if a == channel_axis else 1 for a in range(4)])
+
+
 class LeNet5(nn.Module):
-  """Conv blocks (conv [-> batch norm] -> activation, repeated; pool), then dense layers."""
+  """Conv blocks (conv [-> batch norm] -> activation, repeated; pool), then dense layers.
+
+  With the patches convolution (the CPU default) the conv blocks run in the
+  batch-minor CHWN layout, where XLA's CPU code vectorises over the batch; the
+  function and the parameters are the same in either layout.
+  """
   config: ModelConfig = ModelConfig()
 
   @nn.compact
@@ -38,31 +69,39 @@ class LeNet5(nn.Module):
     act = ACTIVATION_FNS[cfg.activation]
     kernel_init = KERNEL_INITS[cfg.init]
     conv_fn = conv.conv_impl(cfg.conv_impl)
-    x = x_BxHxWxC
+    layout = 'CHWN' if conv_fn is conv.patches_conv else 'NHWC'
+    channel_axis = layout.index('C')
+    x = x_BxHxWxC.transpose(3, 1, 2, 0) if layout == 'CHWN' else x_BxHxWxC
     for b, (features, kernel, padding, convs) in enumerate(cfg.blocks(), start=1):
       pads = arch.conv_pads(kernel, padding)
       for c in range(1, convs + 1):
-        x = nn.Conv(features, (kernel, kernel), padding=(pads, pads),
-                    kernel_init=kernel_init, conv_general_dilated=conv_fn,
-                    name=arch.conv_name(b, c))(x)
+        x = Conv(features, kernel, pads, kernel_init, conv_fn, layout,
+                 name=arch.conv_name(b, c))(x)
         if cfg.conv_reduction == 'mean':
           # The note's "sum, then average": a fixed 1/k^2 rescaling of the sum.
           x = x / (kernel * kernel)
         if cfg.normalization == 'batch':
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis=channel_axis,
                            name=f'block{b}_bn{c}')(x)
-        x = act(x)
-      if cfg.pool != 'none':
-        x = self._pool(x, conv_fn is conv.patches_conv)
+        last = c == convs
+        if last and cfg.pool == 'max' and cfg.activation in MONOTONE:
+          # max(act(x)) == act(max(x)) for a non-decreasing act: pool first,
+          # and the activation touches a quarter of the values.
+          x = act(self._pool(x, layout))
+        else:
+          x = act(x)
+          if last and cfg.pool != 'none':
+            x = self._pool(x, layout)
+    if layout == 'CHWN':
+      x = x.transpose(3, 1, 2, 0)  # flatten in (H, W, C) order, as in NHWC
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(cfg.dense, start=1):
       x = act(nn.Dense(width, kernel_init=kernel_init, name=f'dense{i}')(x))
     return nn.Dense(cfg.num_classes, kernel_init=kernel_init, name='logits')(x)
 
-  def _pool(self, x, cpu_friendly: bool):
+  def _pool(self, x, layout: str):
     size = self.config.pool_size
-    if cpu_friendly:  # reshape-and-reduce: its gradient avoids select-and-scatter
+    if layout == 'CHWN':  # reshape-and-reduce: its gradient avoids select-and-scatter
       return conv.window_pool(x, size, self.config.pool)
     pool = nn.max_pool if self.config.pool == 'max' else nn.avg_pool
     return pool(x, (size, size), strides=(size, size))
-

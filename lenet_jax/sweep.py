@@ -155,8 +155,13 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 
 def run_sweep(sweep: Sweep, workdir: str | None, dataset,
               max_models: int = 8,
-              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-  """Trains every run of `sweep`; returns (and writes) one row per run."""
+              progress: Callable[[str], None] | None = None,
+              target_test_acc: float | None = None) -> list[dict[str, Any]]:
+  """Trains every run of `sweep`; returns (and writes) one row per run.
+
+  With `target_test_acc`, a group stops after the first epoch in which all its
+  live runs reach that test accuracy (for time-to-accuracy benchmarks).
+  """
   configs = expand(sweep)
   for cfg in configs:  # every bad value fails here, before any training
     cfg = loop.with_input_shape(cfg, dataset)
@@ -186,6 +191,9 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
                    f'loss {mean("train_loss"):.4f}  acc {mean("train_acc"):.4f}  '
                    f'val {mean("val_acc"):.4f}  {sum(h["images_per_s"] for h in live):,.0f} img/s  '
                    f'{elapsed:.0f}s elapsed, ~{left:.0f}s left')
+      live = [r.history[-1] for r in results if r.status == 'running']
+      return bool(target_test_acc and live and all(
+          h.get('test_acc', 0) >= target_test_acc for h in live))
 
     results = loop.train_group(members, dataset, on_epoch, keep_params=False)
     for res in results:

@@ -1,12 +1,17 @@
 """The fast CPU convolution and pooling compute the same function as XLA's."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 
 from lenet_jax import conv
+from lenet_jax.config import ModelConfig
+from lenet_jax.model import LeNet5
 
 CASES = [  # (kernel, padding, cin, cout, size)
     (1, ((0, 0), (0, 0)), 3, 4, 7),
@@ -22,12 +27,15 @@ CASES = [  # (kernel, padding, cin, cout, size)
 ]
 
 
+@pytest.mark.parametrize('layout', ['NHWC', 'CHWN'])
 @pytest.mark.parametrize('kernel, padding, cin, cout, size', CASES)
-def test_patches_conv_matches_xla_values_and_gradients(kernel, padding, cin, cout, size):
+def test_patches_conv_matches_xla_values_and_gradients(kernel, padding, cin, cout, size, layout):
   kx, kw, kg = jax.random.split(jax.random.key(kernel), 3)
-  x = jax.random.normal(kx, (3, size, size + 1, cin))
+  shape = (3, size, size + 1, cin) if layout == 'NHWC' else (cin, size, size + 1, 3)
+  x = jax.random.normal(kx, shape)
   w = jax.random.normal(kw, (kernel, kernel, cin, cout))
-  args = dict(window_strides=(1, 1), padding=padding, dimension_numbers=conv.NHWC)
+  dims = conv.NHWC if layout == 'NHWC' else conv.CHWN
+  args = dict(window_strides=(1, 1), padding=padding, dimension_numbers=dims)
   want = lax.conv_general_dilated(x, w, **args)
   got = conv.patches_conv(x, w, **args)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -61,6 +69,43 @@ def test_unsupported_convolutions_say_so():
   with pytest.raises(NotImplementedError, match='conv_impl="xla"'):
     conv.patches_conv(x, w, window_strides=(2, 2), padding='VALID',
                       dimension_numbers=conv.NHWC)
+  with pytest.raises(NotImplementedError, match='conv_impl="xla"'):
+    conv.patches_conv(jnp.zeros((1, 2, 8, 8)), w, padding='VALID',
+                      dimension_numbers=('NCHW', 'HWIO', 'NCHW'))
+
+
+MODELS = [
+    ModelConfig(),
+    ModelConfig(activation='relu', pool='avg', kernel_size=(4, 3), padding=('same', 1)),
+    ModelConfig(activation='gelu', kernel_size=(3,), convs_per_block=(2,), padding=(1, 'valid')),
+    ModelConfig(activation='tanh', normalization='batch', conv_reduction='mean'),
+    ModelConfig(pool='none', channels=(4,), kernel_size=(2,), padding=('same',), dense=()),
+    ModelConfig(input_shape=(32, 32, 3), activation='relu', pool_size=3),
+]
+
+
+@pytest.mark.parametrize('cfg', MODELS, ids=lambda c: str(MODELS.index(c)))
+def test_the_model_is_the_same_function_with_either_convolution(cfg):
+  """conv_impl='patches' (CHWN layout, pooling before monotone activations) == 'xla'."""
+  fast = LeNet5(dataclasses.replace(cfg, conv_impl='patches'))
+  ref = LeNet5(dataclasses.replace(cfg, conv_impl='xla'))
+  x = jax.random.uniform(jax.random.key(0), (5, *cfg.input_shape))
+  variables = ref.init(jax.random.key(1), x)
+  labels = jnp.arange(5) % cfg.num_classes
+
+  def loss(model):
+    def f(params):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+    return f
+  (ref_loss, ref_logits), ref_grads = jax.value_and_grad(loss(ref), has_aux=True)(
+      variables['params'])
+  (fast_loss, fast_logits), fast_grads = jax.value_and_grad(loss(fast), has_aux=True)(
+      variables['params'])
+  np.testing.assert_allclose(fast_logits, ref_logits, rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('kind, reference', [('max', nn.max_pool), ('avg', nn.avg_pool)])
