@@ -62,11 +62,14 @@ def _summarise(totals) -> tuple[float, float]:
 
 def train_group(configs: list[Config], dataset: Dataset,
                 on_epoch: Callable[[int, list[RunResult]], bool | None] | None = None,
-                keep_params: bool = True) -> list[RunResult]:
+                keep_params: bool = True, vmap: bool | None = None) -> list[RunResult]:
   """Trains `configs` (equal up to seed and numeric hyperparameters) together.
 
   `on_epoch(epoch, results)` is called after every epoch; returning True ends
   training there (the runs keep status 'ok' and the epochs they ran).
+  `vmap`: stack the runs into one vmapped program (True), train them in turn
+  with one compiled single-run program (False), or pick per backend (None:
+  in turn on the CPU, vmapped elsewhere).
   """
   configs = [with_input_shape(c, dataset) for c in configs]
   base = configs[0]
@@ -87,53 +90,73 @@ def train_group(configs: list[Config], dataset: Dataset,
                      f'{len(images)} training examples; use a smaller batch.')
   model = LeNet5(base.model)
   tx = optim.make_optimizer(base.optim, steps, base.epochs)
-  states, data_keys = [], []
+  states, data_keys = [], []  # one per run
   for cfg in configs:
     init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
     state = train.create_train_state(model, tx, init_key, base.model.input_shape)
     states.append(state.replace(opt_state=optim.with_hyperparams(state.opt_state, cfg.optim)))
     data_keys.append(data_key)
 
-  many = len(configs) > 1
-  state = train.stack(states) if many else states[0]
-  epoch_fn = train.train_epoch_many if many else train.train_epoch
-  eval_fn = train.evaluate_many if many else train.evaluate
-  keys_for = lambda epoch: (jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
-                            if many else jax.random.fold_in(data_keys[0], epoch))
-
+  # On GPU/TPU one vmapped program trains the group. On the CPU, stacking
+  # models makes XLA's kernels slower per model than one model at a time
+  # (see README, Benchmark), so the group shares one compiled single-model
+  # program and its members take turns, epoch by epoch.
+  stacked = len(configs) > 1 and (vmap if vmap is not None else jax.default_backend() != 'cpu')
+  lr_factor = optim.schedule_multiplier(base.optim, steps, base.epochs)
   start = time.perf_counter()
-  epoch_compiled = epoch_fn.lower(state, images, labels, keys_for(0), base.batch_size).compile()
-  eval_compiled = {name: eval_fn.lower(state, x, y, base.eval_batch_size).compile()
-                   for name, (x, y) in splits.items()}
+  if stacked:
+    state = train.stack(states)
+    keys_for = lambda epoch: jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
+    epoch_fn = train.train_epoch_many.lower(state, images, labels, keys_for(0),
+                                            base.batch_size).compile()
+    eval_fns = {name: train.evaluate_many.lower(state, x, y, base.eval_batch_size).compile()
+                for name, (x, y) in splits.items()}
+  else:
+    epoch_fn = train.train_epoch.lower(states[0], images, labels, data_keys[0],
+                                       base.batch_size).compile()
+    eval_fns = {name: train.evaluate.lower(states[0], x, y, base.eval_batch_size).compile()
+                for name, (x, y) in splits.items()}
   compile_seconds = time.perf_counter() - start
+
+  def run_epoch(epoch: int, live: list[int]):
+    """(index, train metrics, {split: eval sums}, seconds) for each live run."""
+    nonlocal state
+    if stacked:
+      start = time.perf_counter()
+      state, metrics = epoch_fn(state, images, labels, keys_for(epoch))
+      metrics = jax.device_get(metrics)  # the one host sync of the epoch
+      seconds = time.perf_counter() - start
+      evals = {name: jax.device_get(fn(state, *splits[name])) for name, fn in eval_fns.items()}
+      pick = lambda tree, i: jax.tree.map(lambda v: v[i], tree)
+      return [(i, pick(metrics, i), {n: pick(e, i) for n, e in evals.items()}, seconds)
+              for i in live]
+    out = []
+    for i in live:
+      start = time.perf_counter()
+      states[i], metrics = epoch_fn(states[i], images, labels,
+                                    jax.random.fold_in(data_keys[i], epoch))
+      metrics = jax.device_get(metrics)
+      seconds = time.perf_counter() - start
+      out.append((i, metrics, {name: jax.device_get(fn(states[i], *splits[name]))
+                               for name, fn in eval_fns.items()}, seconds))
+    return out
 
   live = list(range(len(configs)))
   for epoch in range(base.epochs):
-    start = time.perf_counter()
-    state, metrics = epoch_compiled(state, images, labels, keys_for(epoch))
-    metrics = jax.device_get(metrics)  # the one host sync of the epoch
-    seconds = time.perf_counter() - start
-    evals = {name: jax.device_get(fn(state, *splits[name])) for name, fn in eval_compiled.items()}
-    for i in list(live):
-      pick = (lambda t, i=i: jax.tree.map(lambda v: v[i], t)) if many else (lambda t: t)
-      m = pick(metrics)
+    for i, m, evals, seconds in run_epoch(epoch, live):
       row = {'epoch': epoch + 1, 'train_loss': float(m['loss']),
              'train_acc': int(m['correct']) / int(m['count']),
              'seconds': seconds, 'images_per_s': int(m['count']) / seconds,
              'learning_rate': float(configs[i].optim.learning_rate *
-                                    optim.schedule_multiplier(
-                                        base.optim, steps, base.epochs)((epoch + 1) * steps))}
-      for name in ('val', 'test'):
-        if name in evals:
-          row[f'{name}_loss'], row[f'{name}_acc'] = _summarise(pick(evals[name]))
+                                    lr_factor((epoch + 1) * steps))}
+      for name, sums in evals.items():
+        row[f'{name}_loss'], row[f'{name}_acc'] = _summarise(sums)
       res = results[i]
       res.train_seconds += seconds
+      res.history.append(row)
       if not math.isfinite(row['train_loss']):
         res.status, res.diverged_epoch = 'diverged', epoch + 1
-        res.history.append(row)
         live.remove(i)
-        continue
-      res.history.append(row)
     stop = on_epoch(epoch, results) if on_epoch else False
     if stop or not live:  # on_epoch returns True to end training early
       break
@@ -142,5 +165,6 @@ def train_group(configs: list[Config], dataset: Dataset,
     if res.status == 'running':
       res.status = 'ok'
     if keep_params:
-      res.params = jax.device_get(train.unstack(state.params, i) if many else state.params)
+      res.params = jax.device_get(train.unstack(state.params, i) if stacked
+                                  else states[i].params)
   return results

@@ -54,7 +54,7 @@ def test_vmapped_runs_train_as_they_would_alone():
   ds = tiny_dataset()
   configs = [tiny_config(epochs=2, seed=0),
              tiny_config(epochs=2, seed=1, **{'optim.learning_rate': 1e-3})]
-  together = loop.train_group(configs, ds)
+  together = loop.train_group(configs, ds, vmap=True)
   for cfg, res in zip(configs, together):
     [alone] = loop.train_group([cfg], ds)
     for x, y in zip(jax.tree.leaves(alone.params), jax.tree.leaves(res.params)):
@@ -111,12 +111,13 @@ def test_a_foreign_flax_model_trains_through_the_imported_train_step():
   assert int(sums['count']) == 200 and int(sums['correct']) >= 190
 
 
-def test_a_diverging_run_is_recorded_and_the_others_go_on():
+@pytest.mark.parametrize('vmap', [True, False])
+def test_a_diverging_run_is_recorded_and_the_others_go_on(vmap):
   ds = tiny_dataset()
   sgd = {'optim.optimizer': 'sgd', 'optim.schedule': 'constant'}
   configs = [tiny_config(epochs=3, seed=0, **sgd, **{'optim.learning_rate': 0.1}),
              tiny_config(epochs=3, seed=1, **sgd, **{'optim.learning_rate': 1e12})]
-  ok, bad = loop.train_group(configs, ds)
+  ok, bad = loop.train_group(configs, ds, vmap=vmap)
   assert bad.status == 'diverged' and bad.diverged_epoch == 1
   assert ok.status == 'ok' and len(ok.history) == 3
 
