@@ -64,6 +64,7 @@ class OptimConfig:
   weight_decay: float = 1e-4  # for 'adamw' (decoupled)
   step_decay_factor: float = 0.1  # for 'step': multiply lr by this ...
   step_decay_every: int = 5  # ... every this many epochs
+  frozen: tuple[str, ...] = ()  # modules kept at their initial values, e.g. block1_conv1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +91,13 @@ class Config:
 
 
 def default() -> Config:
-  """The best sensible recipe for the note's network: ReLU, Adam, cosine."""
-  return Config(model=ModelConfig(activation='relu'))
+  """The best sensible recipe for the note's network: ReLU, Adam 2e-3, cosine, batch 128.
+
+  Picked by validation accuracy among Adam learning rates 1e-3, 2e-3, 3e-3 and
+  batch sizes 128, 256 (README, Results).
+  """
+  return Config(model=ModelConfig(activation='relu'),
+                optim=OptimConfig(learning_rate=2e-3), batch_size=128)
 
 
 def d2l() -> Config:
@@ -206,3 +212,10 @@ def validate(config: Config) -> None:
   if d.validation_size < 0:
     raise ValueError(f'data.validation_size={d.validation_size!r} must be >= 0.')
   m.blocks()  # per-block fields agree with the number of blocks
+  if o.frozen:
+    from lenet_jax import arch  # pylint: disable=import-outside-toplevel
+    names = [l.name for l in arch.trace(m) if l.params]
+    unknown = [n for n in o.frozen if n not in names]
+    if unknown:
+      raise ValueError(f'optim.frozen names {unknown}, which are not layers with '
+                       f'parameters of this model; choose from {names}.')

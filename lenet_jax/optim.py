@@ -7,6 +7,7 @@ vmapped program. The schedule is a multiplier applied after the optimizer;
 every optimizer here ends in a multiplication by the learning rate, so this
 is exactly a scheduled learning rate.
 """
+import jax
 import optax
 
 from lenet_jax.config import OptimConfig
@@ -42,9 +43,14 @@ def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int):
           'adamw': optax.adamw}
   if cfg.optimizer not in base:
     raise ValueError(f'optimizer={cfg.optimizer!r} is not one of {sorted(base)}.')
+  frozen = set(cfg.frozen)
   return optax.chain(
       optax.inject_hyperparams(base[cfg.optimizer])(**_injected(cfg)),
-      optax.scale_by_schedule(schedule_multiplier(cfg, steps_per_epoch, epochs)))
+      optax.scale_by_schedule(schedule_multiplier(cfg, steps_per_epoch, epochs)),
+      # Frozen modules get zero updates (weight decay included), so they keep
+      # their initial values exactly.
+      optax.masked(optax.set_to_zero(), lambda params: {
+          name: jax.tree.map(lambda _: name in frozen, sub) for name, sub in params.items()}))
 
 
 def hyperparams(opt_state) -> dict:

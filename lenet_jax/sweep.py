@@ -189,7 +189,8 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
           mean = lambda k: sum(h.get(k, float('nan')) for h in live) / len(live)
           progress(f'[{label}] epoch {epoch + 1}/{members[0].epochs}  '
                    f'loss {mean("train_loss"):.4f}  acc {mean("train_acc"):.4f}  '
-                   f'val {mean("val_acc"):.4f}  {sum(h["images_per_s"] for h in live):,.0f} img/s  '
+                   f'val {mean("val_acc"):.4f}  test {mean("test_acc"):.4f}  '
+                   f'{mean("images_per_s"):,.0f} img/s per run  '
                    f'{elapsed:.0f}s elapsed, ~{left:.0f}s left')
       live = [r.history[-1] for r in results if r.status == 'running']
       return bool(target_test_acc and live and all(

@@ -1,0 +1,139 @@
+"""Questions 1 and 3: why height and width shrink while channels grow, and how the
+conv output is wired into the first dense layer.
+
+No training: the shape traces come from `lenet_jax.arch` (held against the real
+parameter trees by the tests), and the errors are the ones the code raises.
+Full mode runs in seconds:  python -m experiments shapes
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from experiments import common
+from lenet_jax import arch
+from lenet_jax.config import ModelConfig
+from lenet_jax.model import LeNet5
+
+NAME = 'shapes'
+TITLE = 'Shapes: why the maps shrink and thicken, and what the flatten feeds'
+QUESTION = ('Why does repeated convolution make the image smaller in height and width '
+            'but thicker (question 1)? How does the conv output correspond to the '
+            'number of inputs of the first fully connected layer (question 3)? What '
+            'breaks when the input size changes?')
+METHOD = ('Analytic shape traces (output size, parameters, multiply-adds, receptive '
+          'field per layer) of the note\'s network and of variants that remove one '
+          'cause of shrinking at a time; the errors are produced by running the code.')
+TRAINS = False
+
+NOTE = ModelConfig(activation='sigmoid')
+VARIANTS = {
+    "the note's network (pad 2, then valid; max pool)": NOTE,
+    "all 'same' padding (only pooling shrinks)": dataclasses.replace(NOTE, padding=('same',)),
+    'no pooling (only the valid conv shrinks)': dataclasses.replace(NOTE, pool='none'),
+    "no padding at all ('valid' twice)": dataclasses.replace(NOTE, padding=('valid',)),
+    'CIFAR-10 input, 32x32x3': dataclasses.replace(NOTE, input_shape=(32, 32, 3)),
+}
+
+
+def arms(quick):
+  del quick
+  return []
+
+
+def _trace_block(cfg: ModelConfig) -> str:
+  return '```\n' + arch.describe(cfg) + '\n```'
+
+
+def _error(fn) -> str:
+  try:
+    fn()
+  except Exception as e:  # pylint: disable=broad-except
+    return f'{type(e).__name__}: {e}'.split('\n')[0]
+  raise AssertionError('expected an error')
+
+
+def analyse(ctx):
+  del ctx
+  sections = []
+  note = arch.trace(NOTE)
+  sizes = {l.name: l.out_shape for l in note}
+  conv2 = next(l for l in note if l.name == 'block2_conv1')
+  dense1 = next(l for l in note if l.name == 'dense1')
+  sections.append(("The note's network", _trace_block(NOTE) + f'''
+
+Height and width change in exactly three places, all given by
+`out = in + pad_low + pad_high - k + 1` for a stride-1 convolution and
+`out = floor(in / 2)` for 2x2 pooling with stride 2:
+
+- block 1 conv: 28 + 2 + 2 - 5 + 1 = 28 (padding 2 on each side keeps the size);
+- block 1 pool: 28 / 2 = 14;
+- block 2 conv: 14 + 0 + 0 - 5 + 1 = 10 (no padding: a 5x5 window fits 10 times across 14);
+- block 2 pool: 10 / 2 = 5.
+
+Depth changes only where a conv layer says so: the number of output channels is
+the number of kernels, a free choice (6, then 16), not a consequence of the
+arithmetic. So the maps "get smaller and thicker" because **unpadded
+convolutions and pooling shrink them** and **the designer asks for more kernels
+in later layers**. The receptive field grows meanwhile ({note[-1].receptive_field}x{note[-1].receptive_field} input
+pixels per block-2 output), so each of the 16 later channels summarises a
+larger patch.'''))
+  rows = []
+  for label, cfg in VARIANTS.items():
+    t = arch.trace(cfg)
+    flat = next(l for l in t if l.kind == 'flatten').out_shape[0]
+    final = [l for l in t if l.kind in ('conv', 'pool')][-1].out_shape
+    d1 = next(l for l in t if l.name == 'dense1')
+    rows.append([label, 'x'.join(map(str, final)), f'{flat:,}', f'{d1.params:,}',
+                 f"{arch.totals(cfg)['params']:,}", f"{arch.totals(cfg)['flops'] / 1e6:.2f}"])
+  sections.append(('Which step shrinks what', common.markdown_table(
+      ['variant', 'last conv-block output HxWxC', 'flatten size', 'dense1 params',
+       'total params', 'MFLOPs/img'], rows) + '''
+
+Removing the padding or the pooling changes the flatten size, and with it the
+first dense layer, which holds most of the parameters. With 'same' padding
+everywhere only pooling shrinks (28 -> 14 -> 7).'''))
+  sections.append(('From conv output to the first dense layer', f'''
+The flatten layer lays each example's final feature maps out as one vector of
+channels x height x width = {sizes['block2_maxpool'][2]} x {sizes['block2_maxpool'][0]} x {sizes['block2_maxpool'][1]} = {sizes['flatten'][0]}
+numbers (this code flattens in height, width, channel order; PyTorch in
+channel, height, width order: the same numbers permuted). Every one of the 120
+neurons of the first dense layer has one weight per flattened number, so that
+layer has {sizes['flatten'][0]} x 120 + 120 = {dense1.params:,} parameters,
+{100 * dense1.params / arch.totals(NOTE)['params']:.0f}% of the network's {arch.totals(NOTE)['params']:,}. The conv layers
+have {note[0].params + conv2.params:,} between them. Nothing in the convolution
+"corresponds" to a dense neuron: the correspondence is the flatten, and the
+dense layer's input size is fixed by the conv stack's output shape.'''))
+  cifar = dataclasses.replace(NOTE, input_shape=(32, 32, 3))
+  x32 = jnp.zeros((1, 32, 32, 3))
+  params28 = LeNet5(NOTE).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  wrong_input = _error(lambda: LeNet5(NOTE).apply(params28, x32))
+  wrong_params = _error(lambda: LeNet5(cifar).apply(params28, x32))
+  impossible = _error(lambda: arch.trace(dataclasses.replace(
+      NOTE, channels=(6, 16, 32), padding=('valid',))))
+  t32 = arch.trace(cifar)
+  sections.append(('What breaks when the input size changes', _trace_block(cifar) + f'''
+
+On 32x32x3 (CIFAR-10) images the same layers give {t32[-4].out_shape[0]} flattened
+values instead of 400, so the first dense layer must have
+{t32[-3].params:,} parameters instead of {dense1.params:,}: a model built for
+28x28 cannot take 32x32 images. The errors a user gets:
+
+- 32x32 images into a model configured for 28x28: `{wrong_input}`
+- the 28x28 model's parameters loaded into the 32x32 model (only the dense
+  layer and the 3-channel first conv disagree): `{wrong_params[:300]}`
+- an architecture whose maps vanish (three 5x5 'valid' blocks on 28x28): `{impossible}`
+
+`run.py` sets `input_shape` from the dataset, so `--dataset=cifar10` builds the
+right network; impossible shapes fail before anything is compiled.'''))
+  sections.append(('Answer', '''
+(1) Height and width shrink because unpadded ("valid") convolutions lose k - 1
+pixels per layer and 2x2 pooling halves them; with 'same' padding and no
+pooling they would not shrink at all. Depth grows only because the designer
+gives later layers more kernels (6, then 16); nothing in the convolution forces
+it (see the channel-growth experiment for whether it helps).
+(3) The first dense layer sees the flattened final maps, channels x height x
+width = 16 x 5 x 5 = 400 inputs per example, so its weight matrix is 400 x 120.
+Change the input size, the padding, the pooling or the last channel count and
+that 400, and the dense layer with it, changes.'''))
+  return sections

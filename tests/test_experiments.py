@@ -1,0 +1,51 @@
+"""Every experiment's quick mode runs end to end and writes its report and plots.
+
+Quick mode on the tests' own small IDX dataset: the numbers mean nothing (the
+report says so); what is tested is that each experiment trains its arms,
+computes its statistics and writes a complete report.
+"""
+import csv
+import importlib
+import os
+
+import pytest
+
+from experiments import EXPERIMENTS, common
+from lenet_jax import data
+
+
+@pytest.mark.parametrize('name', EXPERIMENTS)
+def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
+  data.load.cache_clear()
+  module = importlib.import_module(f'experiments.{name}')
+  workdir = tmp_path / name
+  text = common.run(module, str(workdir), quick=True, data_overrides={
+      'data.dataset': 'mnist', 'data.idx_dir': str(idx_dir), 'data.validation_size': 200})
+  assert (workdir / 'report.md').read_text() == text
+  assert text.startswith(f'# {module.TITLE}')
+  for heading in ('**Question.**', '**Method.**', '## Answer', '## Reproduce'):
+    assert heading in text
+  for line in text.splitlines():  # every plot the report shows was written
+    if line.startswith('!['):
+      assert (workdir / line[line.index('(') + 1:-1]).is_file()
+  if module.TRAINS:
+    assert 'QUICK MODE' in text and f'idx:{idx_dir}' in text
+    with open(workdir / 'results.csv') as f:
+      rows = list(csv.DictReader(f))
+    arms = min(len(module.arms(True)), common.QUICK_ARMS)
+    assert len(rows) == arms * len(common.QUICK_SEEDS)
+    assert all(r['status'] == 'ok' for r in rows)
+    assert '95% CI' in text and '+-' in text
+    assert len(os.listdir(workdir / 'runs')) == len(rows)
+
+
+def test_statistics_helpers():
+  assert common.difference([1, 2, 3], [1, 2, 3])['diff'] == 0
+  d = common.difference([0.90, 0.91, 0.92], [0.80, 0.81, 0.82])
+  assert d['lo'] > 0 and abs(d['diff'] - 0.10) < 1e-9
+  assert 'higher test accuracy' in common.verdict('a', [0.90, 0.91, 0.92], 'b',
+                                                  [0.80, 0.81, 0.82])
+  assert 'no detectable difference' in common.verdict('a', [0.80, 0.90, 0.85], 'b',
+                                                      [0.82, 0.88, 0.84])
+  shifted = common.shift_images(__import__('numpy').arange(9).reshape(1, 3, 3, 1), 1, 0)
+  assert shifted[0, :, :, 0].tolist() == [[0, 0, 0], [0, 1, 2], [3, 4, 5]]
