@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from lenet_jax import arch
 from lenet_jax import config as config_lib
 from lenet_jax import data as data_lib
 from lenet_jax import loop
@@ -283,7 +282,6 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
     for arm in arms:  # every arm is checked before anything trains
       cfg = loop.with_input_shape(config_lib.override(base_cfg, arm.overrides), dataset)
       config_lib.validate(cfg)
-      arch.trace(cfg.model)
     extra = module.extra(dataset) if hasattr(module, 'extra') else None
     rows, results = run_arms(arms, base_cfg, QUICK_SEEDS if quick else FULL_SEEDS,
                              dataset, workdir, extra)

@@ -97,7 +97,7 @@ evenly: 'same' padding puts one pixel more after than before.'''
       h = common.verdict(f'{a}, image moved right', acc['right'][a], 'moved left', acc['left'][a])
       lines += [f'- {v}', f'- {h}']
   test = ctx.by_arm('test_acc')
-  compare = [f'- ' + common.verdict(a.label, test[a.label], '3x3 same', test['3x3 same'])
+  compare = ['- ' + common.verdict(a.label, test[a.label], '3x3 same', test['3x3 same'])
              for a in ctx.arms if a.label != '3x3 same' and test.get(a.label)
              and test.get('3x3 same')]
   answer = f'''

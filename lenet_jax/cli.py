@@ -160,7 +160,6 @@ def main(argv) -> int:
     for cfg in configs:
       cfg = config_lib.override(cfg, {'model.input_shape': info.input_shape})
       config_lib.validate(cfg)
-      arch.trace(cfg.model)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

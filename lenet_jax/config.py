@@ -168,7 +168,9 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 
 def validate(config: Config) -> None:
-  """Raises ValueError naming the bad value and the fix. Cheap: no tracing."""
+  """Raises ValueError naming the bad value and the fix: bad choices, non-positive
+  sizes, a learning rate <= 0, an architecture whose maps vanish. Cheap: nothing
+  is built or traced."""
   m, o, d = config.model, config.optim, config.data
   choices = [('model.activation', m.activation, ACTIVATIONS),
              ('model.pool', m.pool, POOLS),
@@ -212,9 +214,10 @@ def validate(config: Config) -> None:
   if d.validation_size < 0:
     raise ValueError(f'data.validation_size={d.validation_size!r} must be >= 0.')
   m.blocks()  # per-block fields agree with the number of blocks
+  from lenet_jax import arch  # pylint: disable=import-outside-toplevel
+  layers = arch.trace(m)  # an impossible architecture fails here, before compiling
   if o.frozen:
-    from lenet_jax import arch  # pylint: disable=import-outside-toplevel
-    names = [l.name for l in arch.trace(m) if l.params]
+    names = [l.name for l in layers if l.params]
     unknown = [n for n in o.frozen if n not in names]
     if unknown:
       raise ValueError(f'optim.frozen names {unknown}, which are not layers with '

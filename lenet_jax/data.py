@@ -161,7 +161,7 @@ def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool)
 def _no_data_error(name: str, cfg: DataConfig, tried: list[str]) -> ValueError:
   ways = [f'let TFDS download it (needs internet): python -c "import '
           f"tensorflow_datasets as tfds; tfds.load('{name}')\"",
-          f'or point --tfds_data_dir at a directory with prepared TFDS data']
+          'or point --tfds_data_dir at a directory with prepared TFDS data']
   if DATASETS[name].idx:
     ways.append(f'or put its four IDX files (train-images-idx3-ubyte.gz, ...) in '
                 f'a directory and pass --idx_dir=DIR or set ${IDX_DIR_ENV}=DIR')

@@ -18,9 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from lenet_jax import arch
 from lenet_jax import config as config_lib
 from lenet_jax import optim
 from lenet_jax import train
@@ -78,7 +76,6 @@ def train_group(configs: list[Config], dataset: Dataset,
     if group_key(cfg) != group_key(base):
       raise ValueError('train_group needs runs that differ only in seed and '
                        f'{optim.NUMERIC_HYPERPARAMS}; use sweep.groups() to split them.')
-  arch.trace(base.model)  # an impossible architecture fails here, before compiling
   results = [RunResult(cfg) for cfg in configs]
   images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
   splits = {name: (jnp.asarray(x), jnp.asarray(y)) for name, x, y in (

@@ -166,7 +166,6 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
   for cfg in configs:  # every bad value fails here, before any training
     cfg = loop.with_input_shape(cfg, dataset)
     config_lib.validate(cfg)
-    arch.trace(cfg.model)
   if workdir:
     os.makedirs(workdir, exist_ok=True)
   batches = groups(configs, max_models)

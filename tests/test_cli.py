@@ -86,6 +86,10 @@ def _run(*args, env=None):
     (['--dataset=imagenet'], "dataset='imagenet' is unknown"),
     (['--activation=swish'], "model.activation='swish' is not one of"),
     (['positional'], 'unexpected arguments'),
+    (['--frozen=conv1'], "optim.frozen names ['conv1'], which are not layers"),
+    (['--batch_size=0'], 'batch_size=0 must be a positive integer'),
+    (['--kernel_size=12'], 'model.kernel_size[0]=12 must be an integer in 1..11'),
+    (['--padding=-1'], "model.padding[0]=-1 must be 'same', 'valid' or a non-negative"),
 ])
 def test_the_command_line_rejects_bad_input_before_training(args, message):
   proc = _run('--describe', *args)

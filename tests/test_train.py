@@ -131,3 +131,14 @@ def test_optimizers_and_schedules_all_train():
     [res] = loop.train_group([cfg], ds)
     assert res.status == 'ok'
     assert res.history[-1]['train_loss'] < res.history[0]['train_loss'] * 1.05, optimizer
+
+
+def test_frozen_layers_keep_their_initial_values():
+  ds = tiny_dataset(n_train=256)
+  [res] = loop.train_group([tiny_config(epochs=1, **{'optim.frozen': ('block1_conv1',)})], ds)
+  init_key, _ = jax.random.split(jax.random.key(0))
+  initial = LeNet5(res.config.model).init(init_key, jnp.zeros((1, 28, 28, 1)))['params']
+  np.testing.assert_array_equal(res.params['block1_conv1']['kernel'],
+                                initial['block1_conv1']['kernel'])
+  assert not np.array_equal(res.params['block2_conv1']['kernel'],
+                            initial['block2_conv1']['kernel'])
