@@ -121,6 +121,16 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_float('target_test_acc', None, 'Stop each group of runs after the first '
                      'epoch whose test accuracy reaches this (time-to-accuracy benchmarks; '
                      'never use it for model selection).', flag_values=fv)
+  flags.DEFINE_integer('num_shards', 1, 'Split the sweep into this many disjoint parts, '
+                       'for independent processes (a SLURM array, say).', flag_values=fv)
+  flags.DEFINE_integer('shard_index', 0, 'Which part this process runs, 0..num_shards-1.',
+                       flag_values=fv)
+  flags.DEFINE_boolean('merge', False, "Train nothing: gather the finished runs of the "
+                       "sweep the flags describe (all shards) from --workdir into "
+                       "results.csv, print the table, and list the runs that are missing.",
+                       flag_values=fv)
+  flags.DEFINE_boolean('tensorboard', True, 'Write TensorBoard event files for each run '
+                       '(under --workdir).', flag_values=fv)
   flags.DEFINE_string('cache_dir', cache,
                       "JAX's persistent compilation cache ('' disables it).", flag_values=fv)
 
@@ -145,6 +155,19 @@ def sweep_from_flags(fv: flags.FlagValues = FLAGS):
   return sweep_lib.Sweep(base, axes, seeds)
 
 
+def _merge(sweep, sweep_lib) -> int:
+  if not FLAGS.workdir:
+    print('error: --merge needs the --workdir the shards wrote to.', file=sys.stderr)
+    return 2
+  rows, missing = sweep_lib.merge(sweep, FLAGS.workdir)
+  print(sweep_lib.summary_table(rows))
+  print(f'\n{len(rows)} of {len(rows) + len(missing)} runs finished; '
+        f'results: {os.path.join(FLAGS.workdir, "results.csv")}')
+  for cfg in missing:
+    print(f'missing: {sweep_lib.run_id(cfg)} (seed {cfg.seed})')
+  return 1 if missing else 0
+
+
 def main(argv) -> int:
   """Runs what the flags ask for; returns the exit status."""
   # pylint: disable=import-outside-toplevel
@@ -155,18 +178,19 @@ def main(argv) -> int:
     return 2
   try:
     sweep = sweep_from_flags()
-    configs = sweep_lib.expand(sweep)
-    info = data.dataset_info(sweep.base.data.dataset)
+    configs = sweep_lib.expand(sweep)  # input shapes from the datasets
     for cfg in configs:
-      cfg = config_lib.override(cfg, {'model.input_shape': info.input_shape})
       config_lib.validate(cfg)
+    sweep_lib.shard(configs, FLAGS.max_models, FLAGS.num_shards, FLAGS.shard_index)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  if FLAGS.merge:
+    return _merge(sweep, sweep_lib)
   if FLAGS.describe:
     seen = set()
     for cfg in configs:
-      model = config_lib.override(cfg, {'model.input_shape': info.input_shape}).model
+      model = cfg.model
       if model not in seen:
         seen.add(model)
         print(arch.describe(model), end='\n\n')
@@ -185,9 +209,21 @@ def main(argv) -> int:
   print(f'{len(configs)} run(s) on {dataset.name} from {dataset.source} '
         f'({len(dataset.train_images)} train, {len(dataset.val_images)} validation, '
         f'{len(dataset.test_images)} test), JAX backend {jax.default_backend()}', flush=True)
-  rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, dataset, FLAGS.max_models,
-                             progress=lambda line: print(line, flush=True),
-                             target_test_acc=FLAGS.target_test_acc)
+  try:
+    rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, dataset, FLAGS.max_models,
+                               progress=lambda line: print(line, flush=True),
+                               target_test_acc=FLAGS.target_test_acc,
+                               num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
+                               tensorboard=FLAGS.tensorboard)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    where = (f'; every finished run and epoch checkpoint is in {FLAGS.workdir}: run the '
+             'same command again to resume' if FLAGS.workdir else
+             ' (no --workdir, so nothing was kept)')
+    print(f'\ninterrupted{where}.', file=sys.stderr)
+    return 130
   print()
   print(sweep_lib.summary_table(rows))
   if len(rows) == 1:

@@ -13,7 +13,7 @@ ends with status 'diverged' at that epoch; the others go on.
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from lenet_jax import config as config_lib
 from lenet_jax import optim
 from lenet_jax import train
+from lenet_jax.checkpoint import RunCheckpoints
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset
 from lenet_jax.model import LeNet5
@@ -58,9 +59,33 @@ def _summarise(totals) -> tuple[float, float]:
   return float(totals['loss_sum']) / count, int(totals['correct']) / count
 
 
+def _resume(checkpoints, states, results, stacked: bool) -> list[int]:
+  """Restores each run's newest checkpoint in place; returns the epochs already done."""
+  if not checkpoints:
+    return [0] * len(states)
+  found = [c.restore_latest(s) for c, s in zip(checkpoints, states)]
+  if stacked and len({f[0] if f else 0 for f in found}) > 1:
+    # Stacked runs advance together: resume all from the newest epoch they share.
+    common = min(f[0] if f else 0 for f in found)
+    found = [c.restore_latest(s, at_most=common) if common else None
+             for c, s in zip(checkpoints, states)]
+    if any(f is None or f[0] != common for f in found):
+      found = [None] * len(states)
+  done = []
+  for i, f in enumerate(found):
+    if f is None:
+      done.append(0)
+      continue
+    done.append(f[0])
+    states[i], results[i].history = f[1], f[2]
+    results[i].train_seconds = sum(h['seconds'] for h in f[2])
+  return done
+
+
 def train_group(configs: list[Config], dataset: Dataset,
                 on_epoch: Callable[[int, list[RunResult]], bool | None] | None = None,
-                keep_params: bool = True, vmap: bool | None = None) -> list[RunResult]:
+                keep_params: bool = True, vmap: bool | None = None,
+                checkpoint_dirs: Sequence[str] | None = None) -> list[RunResult]:
   """Trains `configs` (equal up to seed and numeric hyperparameters) together.
 
   `on_epoch(epoch, results)` is called after every epoch; returning True ends
@@ -68,6 +93,8 @@ def train_group(configs: list[Config], dataset: Dataset,
   `vmap`: stack the runs into one vmapped program (True), train them in turn
   with one compiled single-run program (False), or pick per backend (None:
   in turn on the CPU, vmapped elsewhere).
+  `checkpoint_dirs` (one per config): save each run's state and metrics there
+  after every epoch, and resume from the newest readable checkpoint found.
   """
   configs = [with_input_shape(c, dataset) for c in configs]
   base = configs[0]
@@ -99,14 +126,16 @@ def train_group(configs: list[Config], dataset: Dataset,
   # (see README, Benchmark), so the group shares one compiled single-model
   # program and its members take turns, epoch by epoch.
   stacked = len(configs) > 1 and (vmap if vmap is not None else jax.default_backend() != 'cpu')
+  checkpoints = [RunCheckpoints(d) for d in checkpoint_dirs] if checkpoint_dirs else []
+  first_epoch = _resume(checkpoints, states, results, stacked)
   lr_factor = optim.schedule_multiplier(base.optim, steps, base.epochs)
   start = time.perf_counter()
   if stacked:
-    state = train.stack(states)
     keys_for = lambda epoch: jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
-    epoch_fn = train.train_epoch_many.lower(state, images, labels, keys_for(0),
+    epoch_fn = train.train_epoch_many.lower(train.stack(states), images, labels, keys_for(0),
                                             base.batch_size).compile()
-    eval_fns = {name: train.evaluate_many.lower(state, x, y, base.eval_batch_size).compile()
+    eval_fns = {name: train.evaluate_many.lower(train.stack(states), x, y,
+                                                base.eval_batch_size).compile()
                 for name, (x, y) in splits.items()}
   else:
     epoch_fn = train.train_epoch.lower(states[0], images, labels, data_keys[0],
@@ -114,6 +143,9 @@ def train_group(configs: list[Config], dataset: Dataset,
     eval_fns = {name: train.evaluate.lower(states[0], x, y, base.eval_batch_size).compile()
                 for name, (x, y) in splits.items()}
   compile_seconds = time.perf_counter() - start
+
+  if stacked:
+    state = train.stack(states)
 
   def run_epoch(epoch: int, live: list[int]):
     """(index, train metrics, {split: eval sums}, seconds) for each live run."""
@@ -139,8 +171,9 @@ def train_group(configs: list[Config], dataset: Dataset,
     return out
 
   live = list(range(len(configs)))
-  for epoch in range(base.epochs):
-    for i, m, evals, seconds in run_epoch(epoch, live):
+  for epoch in range(min(first_epoch, default=base.epochs), base.epochs):
+    due = [i for i in live if first_epoch[i] <= epoch]
+    for i, m, evals, seconds in run_epoch(epoch, due):
       row = {'epoch': epoch + 1, 'train_loss': float(m['loss']),
              'train_acc': int(m['correct']) / int(m['count']),
              'seconds': seconds, 'images_per_s': int(m['count']) / seconds,
@@ -154,9 +187,14 @@ def train_group(configs: list[Config], dataset: Dataset,
       if not math.isfinite(row['train_loss']):
         res.status, res.diverged_epoch = 'diverged', epoch + 1
         live.remove(i)
+      elif checkpoints:
+        checkpoints[i].save(epoch + 1, train.unstack(state, i) if stacked else states[i],
+                            res.history)
     stop = on_epoch(epoch, results) if on_epoch else False
     if stop or not live:  # on_epoch returns True to end training early
       break
+  for c in checkpoints:
+    c.close()
   for i, res in enumerate(results):
     res.compile_seconds = compile_seconds
     if res.status == 'running':

@@ -23,8 +23,10 @@ from typing import Any
 
 from lenet_jax import arch
 from lenet_jax import config as config_lib
+from lenet_jax import data as data_lib
 from lenet_jax import loop
 from lenet_jax import stats
+from lenet_jax import summaries
 from lenet_jax.config import Config
 
 
@@ -36,13 +38,29 @@ class Sweep:
 
 
 def expand(sweep: Sweep) -> list[Config]:
-  """One Config per (point of the product, seed), seeds varying fastest."""
+  """One Config per (point of the product, seed), seeds varying fastest.
+
+  Each config's input shape is its dataset's, so a run's id (a hash of its
+  config) is known before any data is loaded.
+  """
   names = list(sweep.axes)
   configs = []
   for values in itertools.product(*(sweep.axes[n] for n in names)):
     point = config_lib.override(sweep.base, dict(zip(names, values)))
+    shape = data_lib.dataset_info(point.data.dataset).input_shape
+    point = config_lib.override(point, {'model.input_shape': shape})
     configs.extend(dataclasses.replace(point, seed=s) for s in sweep.seeds)
   return configs
+
+
+def shard(configs: Sequence[Config], max_models: int, num_shards: int,
+          shard_index: int) -> list[list[Config]]:
+  """This shard's groups: groups are dealt round-robin, so shards are disjoint
+  and together cover the sweep, whatever order the shards run in."""
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise ValueError(f'--shard_index={shard_index} must be in 0..{num_shards - 1} '
+                     f'(--num_shards={num_shards}).')
+  return groups(configs, max_models)[shard_index::num_shards]
 
 
 def run_id(cfg: Config) -> str:
@@ -98,7 +116,21 @@ def _atomic_write(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def write_run(workdir: str, res: loop.RunResult) -> dict[str, Any]:
+def run_dir(workdir: str, cfg: Config) -> str:
+  return os.path.join(workdir, 'runs', run_id(cfg))
+
+
+def finished_row(workdir: str, cfg: Config) -> dict[str, Any] | None:
+  """The results row of a run that already finished in `workdir`, else None."""
+  path = os.path.join(run_dir(workdir, cfg), 'final.json')
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False) -> dict[str, Any]:
+  """Writes a finished run's files; final.json last, since it marks the run done."""
   run_dir = os.path.join(workdir, 'runs', run_id(res.config))
   os.makedirs(run_dir, exist_ok=True)
   _atomic_write(os.path.join(run_dir, 'config.json'),
@@ -106,19 +138,63 @@ def write_run(workdir: str, res: loop.RunResult) -> dict[str, Any]:
   _atomic_write(os.path.join(run_dir, 'metrics.jsonl'),
                 ''.join(json.dumps(h) + '\n' for h in res.history))
   row = result_row(res)
+  if tensorboard:
+    summaries.write_run(os.path.join(run_dir, 'tensorboard'), res.history, row)
   _atomic_write(os.path.join(run_dir, 'final.json'), json.dumps(row, indent=2))
   return row
 
 
-def write_results(workdir: str, rows: list[dict[str, Any]]) -> None:
-  _atomic_write(os.path.join(workdir, 'results.jsonl'),
+def write_results(workdir: str, rows: list[dict[str, Any]], name: str = 'results') -> None:
+  _atomic_write(os.path.join(workdir, f'{name}.jsonl'),
                 ''.join(json.dumps(r) + '\n' for r in rows))
   columns = list(dict.fromkeys(k for r in rows for k in r))
   buf = io.StringIO()
   writer = csv.DictWriter(buf, columns)
   writer.writeheader()
   writer.writerows(rows)
-  _atomic_write(os.path.join(workdir, 'results.csv'), buf.getvalue())
+  _atomic_write(os.path.join(workdir, f'{name}.csv'), buf.getvalue())
+
+
+def claim_workdir(workdir: str, sweep: Sweep) -> None:
+  """Records the sweep in `workdir`, refusing a workdir that holds another sweep."""
+  probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}); choose '
+                     'another directory.') from e
+  described = json.dumps({'base': config_lib.to_dict(sweep.base),
+                          'axes': {k: list(v) for k, v in sweep.axes.items()},
+                          'seeds': list(sweep.seeds)}, indent=2, sort_keys=True, default=str)
+  path = os.path.join(workdir, 'sweep.json')
+  if os.path.isfile(path):
+    with open(path) as f:
+      if json.loads(f.read()) != json.loads(described):
+        raise ValueError(f'--workdir={workdir} holds results of a different sweep '
+                         f'(see {path}); use a new --workdir for this one, or the '
+                         'same flags as before to resume that sweep.')
+    return
+  _atomic_write(path, described)
+
+
+def merge(sweep: Sweep, workdir: str) -> tuple[list[dict[str, Any]], list[Config]]:
+  """Gathers the finished runs of `sweep` (from any shards) into results.csv.
+
+  Returns (rows in sweep order, configs of the runs that have not finished).
+  """
+  rows, missing = [], []
+  for cfg in expand(sweep):
+    row = finished_row(workdir, cfg)
+    if row is None:
+      missing.append(cfg)
+    else:
+      rows.append(row)
+  if rows:
+    write_results(workdir, rows)
+  return rows, missing
 
 
 def varying_fields(rows: list[dict[str, Any]]) -> list[str]:
@@ -156,32 +232,47 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 def run_sweep(sweep: Sweep, workdir: str | None, dataset,
               max_models: int = 8,
               progress: Callable[[str], None] | None = None,
-              target_test_acc: float | None = None) -> list[dict[str, Any]]:
-  """Trains every run of `sweep`; returns (and writes) one row per run.
+              target_test_acc: float | None = None,
+              num_shards: int = 1, shard_index: int = 0,
+              tensorboard: bool = True) -> list[dict[str, Any]]:
+  """Trains every run of `sweep` (or of one shard of it); returns one row per run.
 
+  With a workdir, the sweep can be interrupted at any moment and re-run with
+  the same arguments: finished runs (final.json present) are skipped,
+  unfinished ones resume from their last epoch checkpoint, and the results
+  files, rewritten atomically after each group, hold every finished run once.
+  A shard writes results.shard-I-of-N.{csv,jsonl}; `merge` gathers the shards.
   With `target_test_acc`, a group stops after the first epoch in which all its
   live runs reach that test accuracy (for time-to-accuracy benchmarks).
   """
   configs = expand(sweep)
   for cfg in configs:  # every bad value fails here, before any training
-    cfg = loop.with_input_shape(cfg, dataset)
-    config_lib.validate(cfg)
+    config_lib.validate(loop.with_input_shape(cfg, dataset))
+  batches = shard(configs, max_models, num_shards, shard_index)
   if workdir:
-    os.makedirs(workdir, exist_ok=True)
-  batches = groups(configs, max_models)
-  rows: list[dict[str, Any]] = []
-  done_epochs, total_epochs = 0, sum(c.epochs for c in configs)
+    claim_workdir(workdir, sweep)
+  mine = [c for members in batches for c in members]
+  finished = {run_id(c): finished_row(workdir, c) for c in mine} if workdir else {}
+  todo = [[c for c in members if not finished.get(run_id(c))] for members in batches]
+  todo = [members for members in todo if members]
+  skipped = sum(1 for row in finished.values() if row)
+  if progress and skipped:
+    progress(f'{skipped} of {len(mine)} runs already finished in {workdir}; skipping them')
+  rows: dict[str, dict[str, Any]] = {k: v for k, v in finished.items() if v}
+  results_name = 'results' if num_shards == 1 else f'results.shard-{shard_index}-of-{num_shards}'
+  done_epochs, total_epochs = 0, sum(c.epochs for members in todo for c in members)
   start = time.perf_counter()
   first = 0
-  for g, members in enumerate(batches, start=1):
-    label = (f'run {first + 1} of {len(configs)}' if len(members) == 1 else
-             f'runs {first + 1}-{first + len(members)} of {len(configs)}')
+  total = sum(len(m) for m in todo)
+  for members in todo:
+    label = (f'run {first + 1} of {total}' if len(members) == 1 else
+             f'runs {first + 1}-{first + len(members)} of {total}')
 
     def on_epoch(epoch, results, label=label, members=members):
       nonlocal done_epochs
       done_epochs += len(members)
       elapsed = time.perf_counter() - start
-      left = elapsed / done_epochs * (total_epochs - done_epochs)
+      left = elapsed / done_epochs * max(total_epochs - done_epochs, 0)
       if progress:
         live = [r.history[-1] for r in results if r.history and r.history[-1]['epoch'] == epoch + 1]
         if live:
@@ -195,14 +286,18 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
       return bool(target_test_acc and live and all(
           h.get('test_acc', 0) >= target_test_acc for h in live))
 
-    results = loop.train_group(members, dataset, on_epoch, keep_params=False)
+    checkpoint_dirs = ([os.path.join(run_dir(workdir, c), 'checkpoints') for c in members]
+                       if workdir else None)
+    results = loop.train_group(members, dataset, on_epoch, keep_params=False,
+                               checkpoint_dirs=checkpoint_dirs)
     for res in results:
       if res.status == 'diverged' and progress:
         progress(f'[{label}] seed {res.config.seed}: diverged (non-finite loss) in '
                  f'epoch {res.diverged_epoch}; the sweep goes on')
-      rows.append(write_run(workdir, res) if workdir else result_row(res))
+      rows[run_id(res.config)] = (write_run(workdir, res, tensorboard) if workdir
+                                  else result_row(res))
     if workdir:
-      write_results(workdir, rows)
+      write_results(workdir, [rows[run_id(c)] for c in mine if run_id(c) in rows],
+                    results_name)
     first += len(members)
-  return rows
-
+  return [rows[run_id(c)] for c in mine if run_id(c) in rows]

@@ -142,3 +142,38 @@ def test_frozen_layers_keep_their_initial_values():
                                 initial['block1_conv1']['kernel'])
   assert not np.array_equal(res.params['block2_conv1']['kernel'],
                             initial['block2_conv1']['kernel'])
+
+
+@pytest.mark.parametrize('vmap', [False, True])
+def test_an_interrupted_run_resumes_to_identical_parameters(tmp_path, vmap):
+  ds = tiny_dataset(n_train=256)
+  configs = [tiny_config(epochs=3, seed=s) for s in (0, 1)]
+  dirs = [str(tmp_path / f'run{s}') for s in (0, 1)]
+  uninterrupted = loop.train_group(configs, ds, vmap=vmap)
+  # Stop after the first epoch, as a kill would, then run the same thing again.
+  stopped = loop.train_group(configs, ds, on_epoch=lambda epoch, _: epoch == 0,
+                             checkpoint_dirs=dirs, vmap=vmap)
+  assert [len(r.history) for r in stopped] == [1, 1]
+  resumed = loop.train_group(configs, ds, checkpoint_dirs=dirs, vmap=vmap)
+  for a, b in zip(uninterrupted, resumed):
+    assert [h['epoch'] for h in b.history] == [1, 2, 3]
+    assert [h['train_loss'] for h in a.history] == [h['train_loss'] for h in b.history]
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+      np.testing.assert_array_equal(x, y)
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+  ds = tiny_dataset(n_train=256)
+  cfg = tiny_config(epochs=3)
+  run_dir = tmp_path / 'run'
+  loop.train_group([cfg], ds, on_epoch=lambda epoch, _: epoch == 1,
+                   checkpoint_dirs=[str(run_dir)])
+  assert sorted(p.name for p in run_dir.iterdir() if p.name.isdigit()) == ['1', '2']
+  for path in (run_dir / '2').rglob('*'):  # damage every file of the newest checkpoint
+    if path.is_file():
+      path.write_bytes(b'garbage')
+  [resumed] = loop.train_group([cfg], ds, checkpoint_dirs=[str(run_dir)])
+  assert 'is corrupt or incomplete' in capsys.readouterr().out
+  [clean] = loop.train_group([cfg], ds)
+  for x, y in zip(jax.tree.leaves(clean.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(x, y)

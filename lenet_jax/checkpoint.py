@@ -1,0 +1,88 @@
+"""Per-run checkpoints with orbax: the train state and the metrics so far, every epoch.
+
+A run's data order is a function of its seed and the epoch number
+(`fold_in(data_key, epoch)`), so the state at the end of an epoch is all a
+resumed run needs to continue exactly as it would have: on the CPU the final
+parameters are bitwise those of an uninterrupted run. Orbax writes each
+checkpoint to a temporary directory and renames it when complete, so a kill
+at any instant leaves the previous checkpoints intact; a checkpoint that is
+there but cannot be read is reported and skipped for the one before it.
+"""
+import logging
+import os
+import shutil
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+# The two newest are kept: enough to fall back past one bad checkpoint.
+KEEP = 2
+
+
+def _arrays(state) -> dict[str, Any]:
+  """The parts of a TrainState that change during training (no functions)."""
+  return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
+          'model_state': state.model_state}
+
+
+class RunCheckpoints:
+  """The checkpoints of one run, in `directory`, one per completed epoch."""
+
+  def __init__(self, directory: str):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=KEEP, enable_async_checkpointing=False, create=True))
+
+  def save(self, epochs_done: int, state, history: list[dict[str, Any]]) -> None:
+    self._manager.save(epochs_done, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_arrays(state)),
+        history=ocp.args.JsonSave(history)), force=True)
+    self._manager.wait_until_finished()
+
+  def epochs(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def restore(self, epochs_done: int, state):
+    """(state, history) saved after `epochs_done` epochs; `state` gives the structure."""
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
+    restored = self._manager.restore(epochs_done, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()))
+    arrays = restored['state']
+    return state.replace(**arrays), list(restored['history'])
+
+  def restore_latest(self, state, at_most: int | None = None):
+    """(epochs_done, state, history) of the newest readable checkpoint, or None.
+
+    A checkpoint that fails to restore is reported, removed, and the previous
+    one tried, so a corrupt file costs at most the epochs since the one before.
+    """
+    for epochs_done in reversed(self.epochs()):
+      if at_most is not None and epochs_done > at_most:
+        continue
+      try:
+        state_, history = self.restore(epochs_done, state)
+      except Exception as e:  # pylint: disable=broad-except
+        message = (f'checkpoint {self.directory}/{epochs_done} is corrupt or incomplete '
+                   f'({type(e).__name__}: {str(e)[:200]}); removing it and trying the '
+                   'previous one')
+        logging.warning(message)
+        print(f'warning: {message}', flush=True)
+        shutil.rmtree(os.path.join(self.directory, str(epochs_done)), ignore_errors=True)
+        self._manager.reload()
+        continue
+      if len(history) != epochs_done:
+        raise ValueError(f'checkpoint {self.directory}/{epochs_done} holds {len(history)} '
+                         'epochs of metrics; delete the directory to start the run over.')
+      return epochs_done, state_, history
+    return None
+
+  def final_params(self):
+    """The parameters in the newest checkpoint, as host arrays (no model needed)."""
+    restored = self._manager.restore(self.epochs()[-1], args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+    return jax.device_get(restored['state']['params'])
+
+  def close(self) -> None:
+    self._manager.close()
