@@ -49,3 +49,14 @@ def test_statistics_helpers():
                                                       [0.82, 0.88, 0.84])
   shifted = common.shift_images(__import__('numpy').arange(9).reshape(1, 3, 3, 1), 1, 0)
   assert shifted[0, :, :, 0].tolist() == [[0, 0, 0], [0, 1, 2], [3, 4, 5]]
+
+
+def test_an_unknown_experiment_names_the_choices():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, '-m', 'experiments', 'channel_shrink'],
+                        capture_output=True, text=True, cwd=root, timeout=120)
+  assert proc.returncode == 2
+  assert "NAME is one of shapes, channel_growth" in proc.stderr
+  assert "got ['channel_shrink']" in proc.stderr
