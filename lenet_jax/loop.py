@@ -11,6 +11,7 @@ seconds and images per second. A run whose training loss turns non-finite
 ends with status 'diverged' at that epoch; the others go on.
 """
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lenet_jax import config as config_lib
 from lenet_jax import optim
@@ -59,6 +62,21 @@ def _summarise(totals) -> tuple[float, float]:
   return float(totals['loss_sum']) / count, int(totals['correct']) / count
 
 
+def _model_sharding(num_models: int):
+  """(sharding of the model axis, replicated sharding) over the local devices.
+
+  The stacked runs are split evenly over as many local devices as divide
+  their number (all of them on an 8-GPU host training 8 or 16 runs); the data
+  is replicated. With one device both are that device.
+  """
+  devices = jax.local_devices()
+  count = max(d for d in range(1, len(devices) + 1) if num_models % d == 0)
+  mesh = Mesh(np.array(devices[:count]), ('models',))
+  if count > 1:
+    logging.info('sharding %d stacked runs over %d devices', num_models, count)
+  return NamedSharding(mesh, PartitionSpec('models')), NamedSharding(mesh, PartitionSpec())
+
+
 def _resume(checkpoints, states, results, stacked: bool) -> list[int]:
   """Restores each run's newest checkpoint in place; returns the epochs already done."""
   if not checkpoints:
@@ -92,7 +110,8 @@ def train_group(configs: list[Config], dataset: Dataset,
   training there (the runs keep status 'ok' and the epochs they ran).
   `vmap`: stack the runs into one vmapped program (True), train them in turn
   with one compiled single-run program (False), or pick per backend (None:
-  in turn on the CPU, vmapped elsewhere).
+  in turn on a single CPU device, vmapped elsewhere). Stacked runs are sharded
+  over the local devices (see _model_sharding).
   `checkpoint_dirs` (one per config): save each run's state and metrics there
   after every epoch, and resume from the newest readable checkpoint found.
   """
@@ -125,16 +144,23 @@ def train_group(configs: list[Config], dataset: Dataset,
   # models makes XLA's kernels slower per model than one model at a time
   # (see README, Benchmark), so the group shares one compiled single-model
   # program and its members take turns, epoch by epoch.
-  stacked = len(configs) > 1 and (vmap if vmap is not None else jax.default_backend() != 'cpu')
+  if vmap is None:
+    vmap = jax.default_backend() != 'cpu' or jax.local_device_count() > 1
+  stacked = len(configs) > 1 and vmap
+  shard_models, replicate = _model_sharding(len(configs)) if stacked else (None, None)
   checkpoints = [RunCheckpoints(d) for d in checkpoint_dirs] if checkpoint_dirs else []
   first_epoch = _resume(checkpoints, states, results, stacked)
   lr_factor = optim.schedule_multiplier(base.optim, steps, base.epochs)
   start = time.perf_counter()
   if stacked:
-    keys_for = lambda epoch: jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
-    epoch_fn = train.train_epoch_many.lower(train.stack(states), images, labels, keys_for(0),
+    keys_for = lambda epoch: jax.device_put(
+        jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys]), shard_models)
+    stack = lambda states: jax.device_put(train.stack(states), shard_models)
+    images, labels = jax.device_put((images, labels), replicate)
+    splits = jax.device_put(splits, replicate)
+    epoch_fn = train.train_epoch_many.lower(stack(states), images, labels, keys_for(0),
                                             base.batch_size).compile()
-    eval_fns = {name: train.evaluate_many.lower(train.stack(states), x, y,
+    eval_fns = {name: train.evaluate_many.lower(stack(states), x, y,
                                                 base.eval_batch_size).compile()
                 for name, (x, y) in splits.items()}
   else:
@@ -145,7 +171,7 @@ def train_group(configs: list[Config], dataset: Dataset,
   compile_seconds = time.perf_counter() - start
 
   if stacked:
-    state = train.stack(states)
+    state = stack(states)
 
   def run_epoch(epoch: int, live: list[int]):
     """(index, train metrics, {split: eval sums}, seconds) for each live run."""

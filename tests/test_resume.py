@@ -157,3 +157,34 @@ def test_a_diverging_run_in_a_sweep_is_recorded(idx_dir, tmp_path):
   assert rows['0.05']['status'] == 'ok'
   final = json.load(open(glob.glob(os.path.join(workdir, 'runs', '*', 'final.json'))[0]))
   assert final['status'] in ('ok', 'diverged')
+
+
+_SHARDED = '''
+import logging, sys, numpy as np, jax
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+logging.basicConfig(level=logging.INFO)
+from test_train import tiny_dataset, tiny_config
+from lenet_jax import loop
+results = loop.train_group([tiny_config(epochs=2, seed=s) for s in range(4)], tiny_dataset(),
+                           vmap=True)
+print('devices', jax.local_device_count())
+np.savez({out!r}, *[leaf for r in results for leaf in jax.tree.leaves(r.params)])
+'''
+
+
+def test_stacked_runs_sharded_over_four_devices_match_one_device(tmp_path):
+  outs = {}
+  for devices in (1, 4):
+    out = str(tmp_path / f'{devices}.npz')
+    code = _SHARDED.format(root=ROOT, tests=os.path.join(ROOT, 'tests'), out=out)
+    env = {**_env(), 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert f'devices {devices}' in proc.stdout
+    if devices == 4:
+      assert 'sharding 4 stacked runs over 4 devices' in proc.stderr
+    outs[devices] = np.load(out)
+  assert len(outs[1].files) == len(outs[4].files) > 0
+  for name in outs[1].files:
+    np.testing.assert_allclose(outs[4][name], outs[1][name], rtol=2e-4, atol=2e-5)
