@@ -128,3 +128,12 @@ def test_a_sweep_end_to_end_writes_runs_and_a_table(idx_dir, tmp_path):
     epochs = [json.loads(line) for line in open(run_dir / 'metrics.jsonl')]
     assert [e['epoch'] for e in epochs] == [1, 2]
     assert {'train_loss', 'val_acc', 'test_acc', 'images_per_s', 'seconds'} <= set(epochs[0])
+
+
+def test_help_documents_the_sweep_syntax_and_every_flag():
+  proc = _run('--help')
+  assert proc.returncode == 0
+  assert 'Sweep syntax' in proc.stdout
+  for flag in ('--channels', '--kernel_size', '--learning_rate', '--seeds', '--workdir',
+               '--num_shards', '--merge'):
+    assert flag in proc.stdout, flag
