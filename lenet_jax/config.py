@@ -21,14 +21,13 @@ class ModelConfig:
   """The network. Defaults are exactly the note's LeNet-5."""
   channels: tuple[int, ...] = (6, 16)  # output channels of each conv block
   kernel_size: tuple[int, ...] = (5,)  # square kernel width per block, 1..11
-  # per block: 'same' (asymmetric for even kernels), 'valid', or pixels per side
-  padding: tuple[str | int, ...] = (2, 'valid')
+  padding: tuple[str | int, ...] = (2, 'valid')  # per block: same, valid or pixels per side
   convs_per_block: tuple[int, ...] = (1,)  # stacked convs of that kernel
   activation: str = 'sigmoid'  # after every conv and hidden dense layer
   pool: str = 'max'  # 'max', 'avg' or 'none', after each block
   pool_size: int = 2  # pooling window, stride equal to the window
   dense: tuple[int, ...] = (120, 84)  # hidden dense widths after flatten
-  num_classes: int = 10
+  num_classes: int = 10  # outputs of the last dense layer
   input_shape: tuple[int, int, int] = (28, 28, 1)  # H, W, C of one image
   normalization: str = 'none'  # 'batch': batch norm after each conv
   conv_reduction: str = 'sum'  # 'mean' divides each conv output by k*k
@@ -86,7 +85,7 @@ class Config:
   data: DataConfig = DataConfig()
   batch_size: int = 256  # training batch; the remainder batch is dropped
   eval_batch_size: int = 1000  # evaluation batch; every example counts once
-  epochs: int = 15
+  epochs: int = 15  # passes over the training set
   seed: int = 0  # one root key: initialisation and data order
 
 

@@ -134,5 +134,6 @@ def test_help_documents_the_sweep_syntax_and_every_flag():
   proc = _run('--help')  # absl exits with status 1 after printing help
   assert 'Sweep syntax' in proc.stdout
   for flag in ('--channels', '--kernel_size', '--learning_rate', '--seeds', '--workdir',
-               '--num_shards', '--merge'):
+               '--num_shards', '--[no]merge'):
     assert flag in proc.stdout, flag
+  assert '--epochs: passes over the training set' in proc.stdout
