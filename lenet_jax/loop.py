@@ -77,6 +77,21 @@ def _model_sharding(num_models: int):
   return NamedSharding(mesh, PartitionSpec('models')), NamedSharding(mesh, PartitionSpec())
 
 
+def _batch_sharding(batch_size: int):
+  """(sharding of a batch, replicated sharding) for one run on several local devices.
+
+  Each batch is split evenly over as many devices as divide the batch size;
+  parameters and data are replicated. (None, None) on a single device.
+  """
+  devices = jax.local_devices()
+  count = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+  if count == 1:
+    return None, None
+  logging.info('splitting each batch of %d over %d devices', batch_size, count)
+  mesh = Mesh(np.array(devices[:count]), ('batch',))
+  return NamedSharding(mesh, PartitionSpec('batch')), NamedSharding(mesh, PartitionSpec())
+
+
 def _resume(checkpoints, states, results, stacked: bool) -> list[int]:
   """Restores each run's newest checkpoint in place; returns the epochs already done."""
   if not checkpoints:
@@ -164,8 +179,13 @@ def train_group(configs: list[Config], dataset: Dataset,
                                                 base.eval_batch_size).compile()
                 for name, (x, y) in splits.items()}
   else:
+    batch_sharding, replicate = _batch_sharding(base.batch_size)
+    if replicate is not None:
+      images, labels = jax.device_put((images, labels), replicate)
+      splits = jax.device_put(splits, replicate)
+      states = jax.device_put(states, replicate)
     epoch_fn = train.train_epoch.lower(states[0], images, labels, data_keys[0],
-                                       base.batch_size).compile()
+                                       base.batch_size, batch_sharding).compile()
     eval_fns = {name: train.evaluate.lower(states[0], x, y, base.eval_batch_size).compile()
                 for name, (x, y) in splits.items()}
   compile_seconds = time.perf_counter() - start

@@ -88,13 +88,21 @@ train_step = jax.jit(_train_step, donate_argnums=0)
 eval_step = jax.jit(_eval_step)
 
 
-def _train_epoch(state: TrainState, images, labels, key, batch_size: int):
-  """One epoch in one program: a fresh permutation, full batches, scanned steps."""
+def _train_epoch(state: TrainState, images, labels, key, batch_size: int,
+                 batch_sharding=None):
+  """One epoch in one program: a fresh permutation, full batches, scanned steps.
+
+  `batch_sharding` (a NamedSharding of the batch axis) splits every batch over
+  devices: data parallelism, with XLA summing the gradients across them.
+  """
   steps = images.shape[0] // batch_size  # the remainder batch is dropped
   order = jax.random.permutation(key, images.shape[0])[:steps * batch_size]
 
   def body(state, idx):
-    return _train_step(state, {'image': images[idx], 'label': labels[idx]})
+    batch = {'image': images[idx], 'label': labels[idx]}
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return _train_step(state, batch)
 
   state, metrics = jax.lax.scan(body, state, order.reshape(steps, batch_size))
   # Full batches of equal size, so the mean of batch means is the epoch mean.
@@ -123,7 +131,8 @@ def _evaluate(state: TrainState, images, labels, batch_size: int):
   return totals
 
 
-train_epoch = jax.jit(_train_epoch, static_argnames='batch_size', donate_argnums=0)
+train_epoch = jax.jit(_train_epoch, static_argnames=('batch_size', 'batch_sharding'),
+                      donate_argnums=0)
 evaluate = jax.jit(_evaluate, static_argnames='batch_size')
 # A leading model axis on the state and the key; the data is shared.
 train_epoch_many = jax.jit(

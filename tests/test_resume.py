@@ -188,3 +188,31 @@ def test_stacked_runs_sharded_over_four_devices_match_one_device(tmp_path):
   assert len(outs[1].files) == len(outs[4].files) > 0
   for name in outs[1].files:
     np.testing.assert_allclose(outs[4][name], outs[1][name], rtol=2e-4, atol=2e-5)
+
+
+_BATCH_SHARDED = '''
+import logging, sys, numpy as np, jax
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+logging.basicConfig(level=logging.INFO)
+from test_train import tiny_dataset, tiny_config
+from lenet_jax import loop
+[result] = loop.train_group([tiny_config(epochs=2)], tiny_dataset())
+np.savez({out!r}, *jax.tree.leaves(result.params))
+print('test_acc', result.final['test_acc'])
+'''
+
+
+def test_one_run_with_its_batches_split_over_four_devices_matches_one_device(tmp_path):
+  outs = {}
+  for devices in (1, 4):
+    out = str(tmp_path / f'{devices}.npz')
+    code = _BATCH_SHARDED.format(root=ROOT, tests=os.path.join(ROOT, 'tests'), out=out)
+    env = {**_env(), 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    if devices == 4:
+      assert 'splitting each batch of 64 over 4 devices' in proc.stderr
+    outs[devices] = np.load(out)
+  for name in outs[1].files:
+    np.testing.assert_allclose(outs[4][name], outs[1][name], rtol=1e-4, atol=1e-5)
