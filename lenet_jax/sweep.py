@@ -3,12 +3,17 @@
 A sweep is data: a base `Config`, an ordered mapping from config field to the
 values it takes, and the seeds. `expand` turns it into one Config per run;
 `groups` batches runs that one vmapped program can train together;
-`run_sweep` trains them and writes, under the workdir:
+`run_sweep` trains them (or one shard of them) and writes, under the workdir:
 
+  sweep.json                    the sweep, so a workdir holds one sweep only
   runs/<run_id>/config.json     the run's full configuration
+  runs/<run_id>/checkpoints/    orbax checkpoints of the last epochs, to resume from
   runs/<run_id>/metrics.jsonl   one JSON line per epoch
-  runs/<run_id>/final.json      status, final metrics, parameters, FLOPs, seconds
+  runs/<run_id>/tensorboard/    event files: scalars per epoch and the hyperparameters
+  runs/<run_id>/final.json      status, final metrics, parameters, FLOPs, seconds;
+                                written last, it marks the run finished
   results.jsonl, results.csv    one row per run, rewritten atomically after each group
+                                (results.shard-I-of-N.* for a shard; `merge` joins them)
 """
 import csv
 import dataclasses
@@ -57,7 +62,9 @@ def shard(configs: Sequence[Config], max_models: int, num_shards: int,
           shard_index: int) -> list[list[Config]]:
   """This shard's groups: groups are dealt round-robin, so shards are disjoint
   and together cover the sweep, whatever order the shards run in."""
-  if num_shards < 1 or not 0 <= shard_index < num_shards:
+  if num_shards < 1:
+    raise ValueError(f'--num_shards={num_shards} must be >= 1.')
+  if not 0 <= shard_index < num_shards:
     raise ValueError(f'--shard_index={shard_index} must be in 0..{num_shards - 1} '
                      f'(--num_shards={num_shards}).')
   return groups(configs, max_models)[shard_index::num_shards]
