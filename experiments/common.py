@@ -12,6 +12,8 @@ minute): 2 seeds, 1 epoch on the first 2,048 training examples, at most 3
 arms; its numbers say nothing about the question and the report says so.
 """
 import dataclasses
+import functools
+import json
 import math
 import os
 import time
@@ -91,16 +93,23 @@ def shift_images(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
   return out
 
 
+@functools.lru_cache(maxsize=None)
+def _eval_functions(model_cfg):
+  """One apply function and optimizer per architecture: jit caches on them, so
+  building new ones per call would compile (and keep) a program every call."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from lenet_jax.model import LeNet5  # pylint: disable=import-outside-toplevel
+  return LeNet5(model_cfg).apply, optax.identity()
+
+
 def accuracy(cfg: Config, params, images: np.ndarray, labels: np.ndarray,
              batch_size: int = 1000) -> float:
   """Test accuracy of `params` on arbitrary images (e.g. shifted ones)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
   from lenet_jax import train  # pylint: disable=import-outside-toplevel
-  from lenet_jax.model import LeNet5  # pylint: disable=import-outside-toplevel
-  state = train.TrainState.create(apply_fn=LeNet5(cfg.model).apply, params=params,
-                                  tx=optax.identity())
+  apply_fn, tx = _eval_functions(cfg.model)
+  state = train.TrainState.create(apply_fn=apply_fn, params=params, tx=tx)
   if cfg.model.normalization == 'batch':
     raise ValueError('accuracy() needs the batch statistics of a batch-norm model.')
   sums = train.evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=batch_size)
@@ -111,14 +120,33 @@ def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
              dataset: data_lib.Dataset, workdir: str,
              extra: Callable[[loop.RunResult], dict[str, float]] | None = None,
              progress: Callable[[str], None] = print):
-  """Trains every arm over the seeds; returns (rows, results), rows carrying 'arm'."""
+  """Trains every arm over the seeds; returns (rows, results), rows carrying 'arm'.
+
+  Runs already in the workdir's results.jsonl (an earlier, interrupted
+  invocation of the same experiment) are taken from there, not trained again;
+  `results` holds only the runs trained now.
+  """
   labelled = []
   for arm in arms:
     cfg = config_lib.override(base_cfg, arm.overrides)
     labelled.extend((arm.label, dataclasses.replace(cfg, seed=s)) for s in seeds)
   label_of = {sweep_lib.run_id(loop.with_input_shape(c, dataset)): l for l, c in labelled}
   rows, results = [], []
-  batches = sweep_lib.groups([c for _, c in labelled], max_models=len(seeds))
+  done = {}
+  previous = os.path.join(workdir, 'results.jsonl')
+  if os.path.isfile(previous):
+    with open(previous) as f:
+      done = {row['run_id']: row for row in map(json.loads, f)}
+  todo = []
+  for label, cfg in labelled:
+    row = done.get(sweep_lib.run_id(loop.with_input_shape(cfg, dataset)))
+    if row is not None and row.get('arm') == label:
+      rows.append(row)
+    else:
+      todo.append(cfg)
+  if rows:
+    progress(f'{len(rows)} runs already in {previous}; training the other {len(todo)}')
+  batches = sweep_lib.groups(todo, max_models=len(seeds))
   start = time.perf_counter()
   for g, members in enumerate(batches, start=1):
     group_results = loop.train_group(members, dataset)
@@ -130,9 +158,9 @@ def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
       rows.append(row)
       results.append(res)
     sweep_lib.write_results(workdir, rows)
-    done = [r for r in rows if r['arm'] == row['arm'] and r['status'] == 'ok']
+    finished = [r for r in rows if r["arm"] == row["arm"] and r["status"] == "ok"]
     progress(f'[{g}/{len(batches)}] {row["arm"]}: test acc '
-             f'{stats.format_mean_std([r["test_acc"] for r in done])} '
+             f"{stats.format_mean_std([r['test_acc'] for r in finished])} "
              f'({time.perf_counter() - start:.0f}s)')
   return rows, results
 
