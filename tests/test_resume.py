@@ -159,60 +159,39 @@ def test_a_diverging_run_in_a_sweep_is_recorded(idx_dir, tmp_path):
   assert final['status'] in ('ok', 'diverged')
 
 
-_SHARDED = '''
+_ON_DEVICES = '''
 import logging, sys, numpy as np, jax
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 logging.basicConfig(level=logging.INFO)
 from test_train import tiny_dataset, tiny_config
 from lenet_jax import loop
-results = loop.train_group([tiny_config(epochs=2, seed=s) for s in range(4)], tiny_dataset(),
-                           vmap=True)
+results = loop.train_group([tiny_config(epochs=2, seed=s) for s in range({runs})],
+                           tiny_dataset(), vmap=True)
 print('devices', jax.local_device_count())
 np.savez({out!r}, *[leaf for r in results for leaf in jax.tree.leaves(r.params)])
 '''
 
 
-def test_stacked_runs_sharded_over_four_devices_match_one_device(tmp_path):
-  outs = {}
-  for devices in (1, 4):
-    out = str(tmp_path / f'{devices}.npz')
-    code = _SHARDED.format(root=ROOT, tests=os.path.join(ROOT, 'tests'), out=out)
-    env = {**_env(), 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert f'devices {devices}' in proc.stdout
-    if devices == 4:
-      assert 'sharding 4 stacked runs over 4 devices' in proc.stderr
-    outs[devices] = np.load(out)
-  assert len(outs[1].files) == len(outs[4].files) > 0
-  for name in outs[1].files:
-    np.testing.assert_allclose(outs[4][name], outs[1][name], rtol=2e-4, atol=2e-5)
+def _train_on_forced_devices(tmp_path, devices: int, runs: int):
+  """Trains `runs` tiny runs in a process with `devices` CPU devices: (params, log)."""
+  out = str(tmp_path / f'{devices}.npz')
+  code = _ON_DEVICES.format(root=ROOT, tests=os.path.join(ROOT, 'tests'), out=out, runs=runs)
+  env = {**_env(), 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert f'devices {devices}' in proc.stdout
+  return np.load(out), proc.stderr
 
 
-_BATCH_SHARDED = '''
-import logging, sys, numpy as np, jax
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-logging.basicConfig(level=logging.INFO)
-from test_train import tiny_dataset, tiny_config
-from lenet_jax import loop
-[result] = loop.train_group([tiny_config(epochs=2)], tiny_dataset())
-np.savez({out!r}, *jax.tree.leaves(result.params))
-print('test_acc', result.final['test_acc'])
-'''
-
-
-def test_one_run_with_its_batches_split_over_four_devices_matches_one_device(tmp_path):
-  outs = {}
-  for devices in (1, 4):
-    out = str(tmp_path / f'{devices}.npz')
-    code = _BATCH_SHARDED.format(root=ROOT, tests=os.path.join(ROOT, 'tests'), out=out)
-    env = {**_env(), 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    if devices == 4:
-      assert 'splitting each batch of 64 over 4 devices' in proc.stderr
-    outs[devices] = np.load(out)
-  for name in outs[1].files:
-    np.testing.assert_allclose(outs[4][name], outs[1][name], rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize('runs, log, rtol', [
+    (4, 'sharding 4 stacked runs over 4 devices', 2e-4),  # the model axis
+    (1, 'splitting each batch of 64 over 4 devices', 1e-4),  # one run, data parallel
+])
+def test_four_devices_match_one_device(tmp_path, runs, log, rtol):
+  one, _ = _train_on_forced_devices(tmp_path, 1, runs)
+  four, stderr = _train_on_forced_devices(tmp_path, 4, runs)
+  assert log in stderr
+  assert len(one.files) == len(four.files) > 0
+  for name in one.files:
+    np.testing.assert_allclose(four[name], one[name], rtol=rtol, atol=2e-5)
