@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything on a fresh Debian machine: the real Fashion-MNIST IDX files
-# (Debian's dataset-fashion-mnist, so no download is needed) and a virtualenv in .venv.
+# (Debian's dataset-fashion-mnist, so no download is needed), a C++ compiler for
+# the native CPU convolution, a virtualenv in .venv, and the native library.
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+packages=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || packages+=(dataset-fashion-mnist)
+command -v "${CXX:-g++}" >/dev/null || packages+=(g++)
+if [ ${#packages[@]} -gt 0 ]; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+# Builds (or finds) lenet_jax/csrc/conv.cc for this CPU and checks it against XLA.
+.venv/bin/python -m lenet_jax.native

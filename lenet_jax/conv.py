@@ -19,14 +19,17 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from jax import lax
 
-CONV_IMPLS = ('auto', 'xla', 'patches')
+from lenet_jax import native
+
+CONV_IMPLS = ('auto', 'xla', 'patches', 'native')
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 CHWN = ('CHWN', 'HWIO', 'CHWN')  # batch minor: what the CPU likes
 
 
-def _pads(padding, window: Sequence[int]) -> list[tuple[int, int]]:
+def explicit_pads(padding, window: Sequence[int]) -> list[tuple[int, int]]:
   """Explicit (low, high) pads; 'SAME' puts the odd pixel of an even kernel high."""
   if padding == 'VALID':
     return [(0, 0)] * len(window)
@@ -50,17 +53,11 @@ def patches_conv(lhs, rhs, window_strides=(1, 1), padding='VALID',
       N contiguous values, so building the patches is a plain copy, and the
       output comes out in CHWN again.
   """
-  layout = _layout(lhs.shape, rhs.shape, dimension_numbers)
-  if (layout is None or tuple(window_strides) != (1, 1)
-      or any(d != 1 for d in lhs_dilation or ()) or any(d != 1 for d in rhs_dilation or ())
-      or feature_group_count != 1 or batch_group_count != 1):
-    raise NotImplementedError(
-        'patches_conv handles 2-D NHWC or CHWN inputs with HWIO kernels, stride 1, '
-        f'no dilation and one feature group; got strides={window_strides}, '
-        f'dimension_numbers={dimension_numbers}, '
-        f'feature_group_count={feature_group_count}. Use conv_impl="xla".')
+  layout = check_supported(lhs.shape, rhs.shape, window_strides, lhs_dilation,
+                           rhs_dilation, dimension_numbers, feature_group_count,
+                           batch_group_count)
   kh, kw, cin, cout = rhs.shape
-  (top, bottom), (left, right) = _pads(padding, (kh, kw))
+  (top, bottom), (left, right) = explicit_pads(padding, (kh, kw))
   # Both layouts keep H and W on axes 1 and 2. lax.pad also takes negative
   # pads (cropping), as the convolution does.
   x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
@@ -81,6 +78,21 @@ def patches_conv(lhs, rhs, window_strides=(1, 1), padding='VALID',
   return y.reshape(cout, out_h, out_w, batch)
 
 
+def check_supported(lhs_shape, rhs_shape, window_strides, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count, batch_group_count):
+  """The layout (NHWC or CHWN) of a convolution the fast paths handle, else raises."""
+  layout = _layout(lhs_shape, rhs_shape, dimension_numbers)
+  if (layout is None or tuple(window_strides) != (1, 1)
+      or any(d != 1 for d in lhs_dilation or ()) or any(d != 1 for d in rhs_dilation or ())
+      or feature_group_count != 1 or batch_group_count != 1):
+    raise NotImplementedError(
+        'the fast CPU convolutions handle 2-D NHWC or CHWN inputs with HWIO kernels, '
+        f'stride 1, no dilation and one feature group; got strides={window_strides}, '
+        f'dimension_numbers={dimension_numbers}, '
+        f'feature_group_count={feature_group_count}. Use conv_impl="xla".')
+  return layout
+
+
 def _layout(lhs_shape, rhs_shape, dimension_numbers):
   """NHWC or CHWN if `dimension_numbers` is one of them (with HWIO kernels), else None."""
   given = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
@@ -95,12 +107,35 @@ def xla_conv(lhs, rhs, **kwargs):
 
 
 def conv_impl(name: str, backend: str | None = None):
-  """Returns the conv_general_dilated to use for `name` on `backend`."""
+  """Returns the conv_general_dilated to use for `name` on `backend`.
+
+  'auto' is XLA's convolution on GPU/TPU; on the CPU it is the native kernels,
+  or, where they cannot be built (no C++ compiler), the patches convolution,
+  with a warning that says why.
+  """
   if name not in CONV_IMPLS:
     raise ValueError(f'conv_impl={name!r} is not one of {CONV_IMPLS}.')
   if name == 'auto':
-    name = 'patches' if (backend or jax.default_backend()) == 'cpu' else 'xla'
+    name = 'xla'
+    if (backend or jax.default_backend()) == 'cpu':
+      name = 'native' if _native_reason() is None else 'patches'
+  if name == 'native':
+    return native.native_conv
   return patches_conv if name == 'patches' else lax.conv_general_dilated
+
+
+def is_batch_minor(conv_fn) -> bool:
+  """Whether `conv_fn` runs fastest in the CHWN layout (the CPU implementations)."""
+  return conv_fn in (patches_conv, native.native_conv)
+
+
+@functools.cache
+def _native_reason() -> str | None:
+  reason = native.available()
+  if reason is not None:
+    logging.warning('conv_impl=auto: the native convolution is unavailable (%s); '
+                    'using conv_impl=patches, which is slower.', reason)
+  return reason
 
 
 def window_pool(x, window: int, kind: str):

@@ -69,7 +69,7 @@ class LeNet5(nn.Module):
     act = ACTIVATION_FNS[cfg.activation]
     kernel_init = KERNEL_INITS[cfg.init]
     conv_fn = conv.conv_impl(cfg.conv_impl)
-    layout = 'CHWN' if conv_fn is conv.patches_conv else 'NHWC'
+    layout = 'CHWN' if conv.is_batch_minor(conv_fn) else 'NHWC'
     channel_axis = layout.index('C')
     x = x_BxHxWxC.transpose(3, 1, 2, 0) if layout == 'CHWN' else x_BxHxWxC
     for b, (features, kernel, padding, convs) in enumerate(cfg.blocks(), start=1):

@@ -1,4 +1,4 @@
-"""The fast CPU convolution and pooling compute the same function as XLA's."""
+"""The fast CPU convolutions and pooling compute the same function as XLA's."""
 import dataclasses
 
 import flax.linen as nn
@@ -10,6 +10,7 @@ import pytest
 from jax import lax
 
 from lenet_jax import conv
+from lenet_jax import native
 from lenet_jax.config import ModelConfig
 from lenet_jax.model import LeNet5
 
@@ -27,24 +28,70 @@ CASES = [  # (kernel, padding, cin, cout, size)
 ]
 
 
+FAST_CONVS = {'patches': conv.patches_conv, 'native': native.native_conv}
+
+
+@pytest.mark.parametrize('impl', FAST_CONVS)
 @pytest.mark.parametrize('layout', ['NHWC', 'CHWN'])
 @pytest.mark.parametrize('kernel, padding, cin, cout, size', CASES)
-def test_patches_conv_matches_xla_values_and_gradients(kernel, padding, cin, cout, size, layout):
+def test_fast_convs_match_xla_values_and_gradients(kernel, padding, cin, cout, size, layout,
+                                                   impl):
   kx, kw, kg = jax.random.split(jax.random.key(kernel), 3)
-  shape = (3, size, size + 1, cin) if layout == 'NHWC' else (cin, size, size + 1, 3)
+  # 19 images: the native kernels' 16-wide vectors and their scalar remainder.
+  batch = 19
+  shape = (batch, size, size + 1, cin) if layout == 'NHWC' else (cin, size, size + 1, batch)
   x = jax.random.normal(kx, shape)
   w = jax.random.normal(kw, (kernel, kernel, cin, cout))
   dims = conv.NHWC if layout == 'NHWC' else conv.CHWN
   args = dict(window_strides=(1, 1), padding=padding, dimension_numbers=dims)
   want = lax.conv_general_dilated(x, w, **args)
-  got = conv.patches_conv(x, w, **args)
+  got = FAST_CONVS[impl](x, w, **args)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   cotangent = jax.random.normal(kg, want.shape)
   loss = lambda f: lambda x, w: jnp.sum(f(x, w, **args) * cotangent)
   want_grads = jax.grad(loss(lax.conv_general_dilated), argnums=(0, 1))(x, w)
-  got_grads = jax.grad(loss(conv.patches_conv), argnums=(0, 1))(x, w)
+  got_grads = jax.jit(jax.grad(loss(FAST_CONVS[impl]), argnums=(0, 1)))(x, w)
   for g, wg in zip(got_grads, want_grads):
     np.testing.assert_allclose(g, wg, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shared_input', [False, True])
+def test_native_conv_vmapped_over_models_matches_xla(shared_input):
+  """vmap (over models) turns into one native call over a leading axis."""
+  kx, kw = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (4, 3, 9, 9, 20))  # (models, C, H, W, N)
+  w = jax.random.normal(kw, (4, 3, 3, 3, 5))
+  in_axes = (None, 0) if shared_input else (0, 0)
+  x = x[0] if shared_input else x
+  args = dict(window_strides=(1, 1), padding='SAME', dimension_numbers=conv.CHWN)
+
+  def forward(f):
+    return lambda x, w: f(x, w, **args)
+
+  def grads(f):
+    return jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w, **args))), argnums=(0, 1))
+  for fn in (forward, grads):
+    want = jax.vmap(fn(lax.conv_general_dilated), in_axes)(x, w)
+    got = jax.jit(jax.vmap(fn(native.native_conv), in_axes))(x, w)
+    for g, wg in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, wg, rtol=1e-4, atol=1e-4)
+
+
+def test_native_conv_refuses_other_dtypes():
+  x, w = jnp.zeros((1, 8, 8, 2), jnp.bfloat16), jnp.zeros((3, 3, 2, 2), jnp.bfloat16)
+  with pytest.raises(NotImplementedError, match='float32.*conv_impl="xla"'):
+    native.native_conv(x, w, padding='SAME', dimension_numbers=conv.NHWC)
+
+
+@pytest.mark.parametrize('cxx, message', [
+    ('/nonexistent/g++', 'apt-get install g++'),
+    ('false', 'building the native convolution failed'),
+])
+def test_native_build_failures_say_how_to_fix(tmp_path, monkeypatch, cxx, message):
+  monkeypatch.setenv('CXX', cxx)
+  with pytest.raises(native.NativeUnavailable, match=message):
+    native.build(str(tmp_path / 'conv.so'))
+  assert not list(tmp_path.iterdir())  # no half-built library left behind
 
 
 @pytest.mark.parametrize('padding', ['SAME', 'VALID'])
@@ -64,14 +111,15 @@ def test_flax_conv_with_patches_equals_flax_conv():
   np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
-def test_unsupported_convolutions_say_so():
+@pytest.mark.parametrize('impl', FAST_CONVS)
+def test_unsupported_convolutions_say_so(impl):
   x, w = jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 2, 2))
   with pytest.raises(NotImplementedError, match='conv_impl="xla"'):
-    conv.patches_conv(x, w, window_strides=(2, 2), padding='VALID',
-                      dimension_numbers=conv.NHWC)
+    FAST_CONVS[impl](x, w, window_strides=(2, 2), padding='VALID',
+                     dimension_numbers=conv.NHWC)
   with pytest.raises(NotImplementedError, match='conv_impl="xla"'):
-    conv.patches_conv(jnp.zeros((1, 2, 8, 8)), w, padding='VALID',
-                      dimension_numbers=('NCHW', 'HWIO', 'NCHW'))
+    FAST_CONVS[impl](jnp.zeros((1, 2, 8, 8)), w, padding='VALID',
+                     dimension_numbers=('NCHW', 'HWIO', 'NCHW'))
 
 
 MODELS = [
@@ -84,10 +132,11 @@ MODELS = [
 ]
 
 
+@pytest.mark.parametrize('impl', FAST_CONVS)
 @pytest.mark.parametrize('cfg', MODELS, ids=lambda c: str(MODELS.index(c)))
-def test_the_model_is_the_same_function_with_either_convolution(cfg):
-  """conv_impl='patches' (CHWN layout, pooling before monotone activations) == 'xla'."""
-  fast = LeNet5(dataclasses.replace(cfg, conv_impl='patches'))
+def test_the_model_is_the_same_function_with_every_convolution(cfg, impl):
+  """The fast convolutions (CHWN layout, pooling before monotone activations) == 'xla'."""
+  fast = LeNet5(dataclasses.replace(cfg, conv_impl=impl))
   ref = LeNet5(dataclasses.replace(cfg, conv_impl='xla'))
   x = jax.random.uniform(jax.random.key(0), (5, *cfg.input_shape))
   variables = ref.init(jax.random.key(1), x)
@@ -117,8 +166,12 @@ def test_window_pool_matches_flax(kind, reference, size, window):
                              rtol=1e-6)
 
 
-def test_auto_picks_patches_on_cpu_and_xla_elsewhere():
+def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch):
+  assert native.available() is None, native.available()  # CI installs a compiler
+  assert conv.conv_impl('auto', 'cpu') is native.native_conv
+  monkeypatch.setattr(conv, '_native_reason', lambda: 'no C++ compiler')
   assert conv.conv_impl('auto', 'cpu') is conv.patches_conv
+  assert conv.conv_impl('native', 'cpu') is native.native_conv
   assert conv.conv_impl('auto', 'gpu') is lax.conv_general_dilated
   assert conv.conv_impl('auto', 'tpu') is lax.conv_general_dilated
   with pytest.raises(ValueError, match="conv_impl='fast'"):

@@ -1,0 +1,342 @@
+// Direct stride-1 convolutions in the batch-minor CHWN layout, as XLA FFI
+// handlers for the CPU (see lenet_jax/native.py, which builds and calls them).
+//
+// The batch is the innermost, contiguous axis, so every kernel vectorises over
+// 16 images at a time and never builds im2col patches: each loaded vector of
+// inputs feeds several fused multiply-adds whose accumulators stay in
+// registers. Leading axes in front of (C, H, W, N) are independent problems
+// (vmapped models); they and the output rows are split over XLA's intra-op
+// thread pool.
+//
+//   ConvForward: y[g, co, oh, ow, n] = sum_{i, j, ci} w[g, i, j, ci, co] *
+//                                      x[g, ci, oh + i - pt, ow + j - pl, n]
+//                (out-of-range inputs are the zero padding; negative pads crop)
+//   ConvWeightGrad: dw[g, i, j, ci, co] = sum_{oh, ow, n} dy[g, co, oh, ow, n] *
+//                                         x[g, ci, oh + i - pt, ow + j - pl, n]
+// The input gradient is ConvForward of dy with the flipped, transposed kernel
+// (built in Python).
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+
+// Loads, stores and horizontal sums for a vector of 16 floats and for the
+// scalar used on the last N % 16 images.
+template <class V>
+struct Lanes;
+
+template <>
+struct Lanes<v16> {
+  static constexpr int64_t kWidth = 16;
+  static v16 Load(const float* p) {
+    v16 v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+  static float Sum(v16 v) {
+    float s = 0.f;
+    for (int k = 0; k < 16; ++k) s += v[k];
+    return s;
+  }
+};
+
+template <>
+struct Lanes<float> {
+  static constexpr int64_t kWidth = 1;
+  static float Load(const float* p) { return *p; }
+  static void Store(float* p, float v) { *p = v; }
+  static float Sum(float v) { return v; }
+};
+
+struct Shape {
+  int64_t groups, ci, h, w, n, kh, kw, co, pt, pl, ho, wo;
+};
+
+// Runs fn(0) .. fn(count - 1) on the calling thread and the pool's threads.
+// Items are claimed from a shared counter, so a helper that starts late finds
+// nothing left and returns; the state is shared, so it outlives the caller.
+void ParallelFor(ffi::ThreadPool& pool, int64_t count,
+                 const std::function<void(int64_t)>& fn) {
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < count; ++i) fn(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    int64_t count;
+    std::function<void(int64_t)> fn;
+  };
+  auto state = std::make_shared<State>();
+  state->count = count;
+  state->fn = fn;
+  std::function<void()> work = [state] {
+    for (int64_t i; (i = state->next.fetch_add(1)) < state->count;) {
+      state->fn(i);
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([state, work] { work(); });
+  work();
+  while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+}
+
+// ---------------------------------------------------------------- forward
+
+// y[c0:c0+COB, oh, ow, n0:n0+width] of one group.
+template <class V, int COB>
+void ForwardTile(const Shape& s, const float* x, const float* w, float* y,
+                 int64_t oh, int64_t ow, int64_t n0, int64_t c0) {
+  V acc[COB];
+  for (int c = 0; c < COB; ++c) acc[c] = V{};
+  const int64_t channel_stride = s.h * s.w * s.n;
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t ih = oh + i - s.pt;
+    if (ih < 0 || ih >= s.h) continue;
+    for (int64_t j = 0; j < s.kw; ++j) {
+      const int64_t iw = ow + j - s.pl;
+      if (iw < 0 || iw >= s.w) continue;
+      const float* xp = x + (ih * s.w + iw) * s.n + n0;
+      const float* wp = w + (i * s.kw + j) * s.ci * s.co + c0;
+      for (int64_t ci = 0; ci < s.ci; ++ci, xp += channel_stride, wp += s.co) {
+        const V xv = Lanes<V>::Load(xp);
+        for (int c = 0; c < COB; ++c) acc[c] += wp[c] * xv;
+      }
+    }
+  }
+  const int64_t out_stride = s.ho * s.wo * s.n;
+  float* yp = y + (c0 * s.ho + oh) * s.wo * s.n + ow * s.n + n0;
+  for (int c = 0; c < COB; ++c) Lanes<V>::Store(yp + c * out_stride, acc[c]);
+}
+
+constexpr int kMaxForwardChannels = 12;  // accumulators held in registers
+
+template <class V, int... C>
+constexpr auto ForwardTable(std::integer_sequence<int, C...>) {
+  return std::array{&ForwardTile<V, C + 1>...};
+}
+
+template <class V>
+void ForwardTiles(const Shape& s, const float* x, const float* w, float* y,
+                  int64_t oh, int64_t ow, int64_t n0) {
+  static constexpr auto table =
+      ForwardTable<V>(std::make_integer_sequence<int, kMaxForwardChannels>());
+  // Equal blocks: 16 channels run as 8 + 8 rather than 12 + 4.
+  const int64_t blocks = (s.co + kMaxForwardChannels - 1) / kMaxForwardChannels;
+  const int64_t block = (s.co + blocks - 1) / blocks;
+  for (int64_t c0 = 0; c0 < s.co; c0 += block) {
+    const int64_t channels = std::min<int64_t>(block, s.co - c0);
+    table[channels - 1](s, x, w, y, oh, ow, n0, c0);
+  }
+}
+
+// One output row (g, oh).
+void ForwardRow(const Shape& s, const float* x, const float* w, float* y, int64_t g,
+                int64_t oh) {
+  x += g * s.ci * s.h * s.w * s.n;
+  w += g * s.kh * s.kw * s.ci * s.co;
+  y += g * s.co * s.ho * s.wo * s.n;
+  const int64_t vector_end = s.n - s.n % Lanes<v16>::kWidth;
+  for (int64_t ow = 0; ow < s.wo; ++ow) {
+    for (int64_t n0 = 0; n0 < vector_end; n0 += Lanes<v16>::kWidth)
+      ForwardTiles<v16>(s, x, w, y, oh, ow, n0);
+    for (int64_t n0 = vector_end; n0 < s.n; ++n0) ForwardTiles<float>(s, x, w, y, oh, ow, n0);
+  }
+}
+
+// ---------------------------------------------------------- weight gradient
+
+// Adds to acc[i, j0:j0+JB, ci, c0:c0+COB] (vector partial sums) the products
+// over one output row oh: all ow and the images [n_begin, n_end).
+template <class V, int JB, int COB>
+void WeightGradTile(const Shape& s, const float* x, const float* dy, V* acc, int64_t oh,
+                    int64_t i, int64_t ci, int64_t j0, int64_t c0, int64_t n_begin,
+                    int64_t n_end) {
+  constexpr int64_t width = Lanes<V>::kWidth;
+  const int64_t ih = oh + i - s.pt;
+  V a[JB][COB];
+  auto acc_at = [&](int j, int c) {
+    return acc + ((i * s.kw + j0 + j) * s.ci + ci) * s.co + c0 + c;
+  };
+  for (int j = 0; j < JB; ++j)
+    for (int c = 0; c < COB; ++c) a[j][c] = *acc_at(j, c);
+  const float* x_row = x + (ci * s.h + ih) * s.w * s.n;
+  const int64_t dy_stride = s.ho * s.wo * s.n;
+  const float* dy_row = dy + (c0 * s.ho + oh) * s.wo * s.n;
+  for (int64_t ow = 0; ow < s.wo; ++ow) {
+    // Taps j with an input column inside the image: j_lo <= j < j_hi.
+    const int64_t first = ow + j0 - s.pl;
+    const int64_t j_lo = std::max<int64_t>(0, -first);
+    const int64_t j_hi = std::min<int64_t>(JB, s.w - first);
+    if (j_lo >= j_hi) continue;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += width) {
+      V d[COB];
+      for (int c = 0; c < COB; ++c) d[c] = Lanes<V>::Load(dy_row + c * dy_stride + ow * s.n + n0);
+      for (int j = 0; j < JB; ++j) {
+        if (j < j_lo || j >= j_hi) continue;
+        const V xv = Lanes<V>::Load(x_row + (first + j) * s.n + n0);
+        for (int c = 0; c < COB; ++c) a[j][c] += d[c] * xv;
+      }
+    }
+  }
+  for (int j = 0; j < JB; ++j)
+    for (int c = 0; c < COB; ++c) *acc_at(j, c) = a[j][c];
+}
+
+constexpr int kGradTaps = 5;      // JB: kernel columns per tile
+constexpr int kGradChannels = 4;  // COB: output channels per tile
+
+template <class V, int JB, int... C>
+constexpr auto GradRow(std::integer_sequence<int, C...>) {
+  return std::array{&WeightGradTile<V, JB, C + 1>...};
+}
+
+template <class V, int... J>
+constexpr auto GradTable(std::integer_sequence<int, J...>) {
+  return std::array{GradRow<V, J + 1>(std::make_integer_sequence<int, kGradChannels>())...};
+}
+
+template <class V>
+void WeightGradRow(const Shape& s, const float* x, const float* dy, V* acc, int64_t oh,
+                   int64_t n_begin, int64_t n_end) {
+  static constexpr auto table =
+      GradTable<V>(std::make_integer_sequence<int, kGradTaps>());
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t ih = oh + i - s.pt;
+    if (ih < 0 || ih >= s.h) continue;
+    for (int64_t ci = 0; ci < s.ci; ++ci)
+      for (int64_t j0 = 0; j0 < s.kw; j0 += kGradTaps)
+        for (int64_t c0 = 0; c0 < s.co; c0 += kGradChannels) {
+          const int64_t taps = std::min<int64_t>(kGradTaps, s.kw - j0);
+          const int64_t channels = std::min<int64_t>(kGradChannels, s.co - c0);
+          table[taps - 1][channels - 1](s, x, dy, acc, oh, i, ci, j0, c0, n_begin, n_end);
+        }
+  }
+}
+
+// Partial weight gradient of group g over output rows [oh_begin, oh_end).
+void WeightGradRows(const Shape& s, const float* x, const float* dy, float* partial,
+                    int64_t g, int64_t oh_begin, int64_t oh_end) {
+  x += g * s.ci * s.h * s.w * s.n;
+  dy += g * s.co * s.ho * s.wo * s.n;
+  const int64_t size = s.kh * s.kw * s.ci * s.co;
+  const int64_t vector_end = s.n - s.n % Lanes<v16>::kWidth;
+  std::vector<v16> vector_acc(vector_end > 0 ? size : 0, v16{});
+  std::vector<float> scalar_acc(size, 0.f);
+  for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    if (vector_end > 0) WeightGradRow<v16>(s, x, dy, vector_acc.data(), oh, 0, vector_end);
+    if (vector_end < s.n) WeightGradRow<float>(s, x, dy, scalar_acc.data(), oh, vector_end, s.n);
+  }
+  for (int64_t k = 0; k < size; ++k)
+    partial[k] = scalar_acc[k] + (vector_end > 0 ? Lanes<v16>::Sum(vector_acc[k]) : 0.f);
+}
+
+// ------------------------------------------------------------------ handlers
+
+ffi::Error CheckRank(ffi::Buffer<ffi::F32>::Dimensions dims, size_t rank, const char* name) {
+  if (dims.size() < rank)
+    return ffi::Error::InvalidArgument(std::string(name) + " has too few dimensions");
+  return ffi::Error::Success();
+}
+
+int64_t Groups(ffi::Buffer<ffi::F32>::Dimensions dims, size_t rank) {
+  int64_t groups = 1;
+  for (size_t k = 0; k + rank < dims.size(); ++k) groups *= dims[k];
+  return groups;
+}
+
+// Inputs x (..., Ci, H, W, N) and w (..., kh, kw, Ci, Co); output (..., Co, Ho, Wo, N).
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (auto e = CheckRank(xd, 4, "x"); e.failure()) return e;
+  if (auto e = CheckRank(wd, 4, "w"); e.failure()) return e;
+  const size_t xr = xd.size(), wr = wd.size(), yr = yd.size();
+  Shape s{Groups(xd, 4), xd[xr - 4], xd[xr - 3], xd[xr - 2], xd[xr - 1],
+          wd[wr - 4],    wd[wr - 3], wd[wr - 1], pt,         pl,
+          yd[yr - 3],    yd[yr - 2]};
+  if (Groups(wd, 4) != s.groups || wd[wr - 2] != s.ci || yd[yr - 4] != s.co ||
+      yd[yr - 1] != s.n)
+    return ffi::Error::InvalidArgument("conv forward: inconsistent shapes");
+  const float* xp = x.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  ParallelFor(pool, s.groups * s.ho, [&](int64_t item) {
+    ForwardRow(s, xp, wp, yp, item / s.ho, item % s.ho);
+  });
+  return ffi::Error::Success();
+}
+
+// Inputs x (..., Ci, H, W, N) and dy (..., Co, Ho, Wo, N); output dw (..., kh, kw, Ci, Co).
+ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                          int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), dd = dy.dimensions(), wd = dw->dimensions();
+  if (auto e = CheckRank(xd, 4, "x"); e.failure()) return e;
+  if (auto e = CheckRank(dd, 4, "dy"); e.failure()) return e;
+  const size_t xr = xd.size(), dr = dd.size(), wr = wd.size();
+  Shape s{Groups(xd, 4), xd[xr - 4], xd[xr - 3], xd[xr - 2], xd[xr - 1],
+          wd[wr - 4],    wd[wr - 3], dd[dr - 4], pt,         pl,
+          dd[dr - 3],    dd[dr - 2]};
+  if (Groups(dd, 4) != s.groups || wd[wr - 2] != s.ci || wd[wr - 1] != s.co ||
+      dd[dr - 1] != s.n)
+    return ffi::Error::InvalidArgument("conv weight gradient: inconsistent shapes");
+  // Each group's rows are cut into chunks so that there are a few items per
+  // thread; every chunk sums into its own partial gradient, added up below.
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t chunks = std::clamp<int64_t>((2 * threads + s.groups - 1) / s.groups, 1,
+                                             std::max<int64_t>(1, s.ho));
+  const int64_t size = s.kh * s.kw * s.ci * s.co;
+  std::vector<float> partials(s.groups * chunks * size);
+  const float* xp = x.typed_data();
+  const float* dp = dy.typed_data();
+  ParallelFor(pool, s.groups * chunks, [&](int64_t item) {
+    const int64_t g = item / chunks, chunk = item % chunks;
+    WeightGradRows(s, xp, dp, partials.data() + item * size, g, chunk * s.ho / chunks,
+                   (chunk + 1) * s.ho / chunks);
+  });
+  float* out = dw->typed_data();
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t k = 0; k < size; ++k) {
+      float sum = 0.f;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk)
+        sum += partials[(g * chunks + chunk) * size + k];
+      out[g * size + k] = sum;
+    }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvWeightGrad, WeightGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
