@@ -15,4 +15,4 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 # Builds (or finds) lenet_jax/csrc/conv.cc for this CPU and checks it against XLA.
-.venv/bin/python -m lenet_jax.native
+.venv/bin/python -c 'from lenet_jax import native; native.main()'

@@ -12,7 +12,8 @@ so `jax.vmap` over models becomes one call.
 The library is compiled with the system's C++ compiler on first use (a few
 seconds, `-march=native`), into a cache directory keyed by the source, the
 compiler flags, the jaxlib version and the CPU, and loaded from there
-afterwards: `python -m lenet_jax.native` builds it ahead of time.
+afterwards. `install.sh` builds it ahead of time and checks it against XLA
+(`native.main()`).
 """
 import ctypes
 import functools
@@ -191,6 +192,3 @@ def main():
     raise SystemExit('the native convolution disagrees with XLA on a 3x3 box filter')
   print('native convolution agrees with XLA on a 3x3 box filter')
 
-
-if __name__ == '__main__':
-  main()
