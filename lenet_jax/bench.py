@@ -32,8 +32,8 @@ flags.DEFINE_string('torch_script', TORCH_SCRIPT, 'The PyTorch reference script.
 flags.DEFINE_integer('steps', 100, 'Training steps per timed call.')
 flags.DEFINE_integer('repeats', 3, 'Timed calls per measurement; the best is kept.')
 flags.DEFINE_integer('models', 8, 'Models trained together in the vmapped measurement.')
-flags.DEFINE_list('conv_impls', ['patches', 'xla'], 'Convolution implementations to time.')
-flags.DEFINE_list('vmapped_impls', ['patches'], 'Implementations also timed with --models '
+flags.DEFINE_list('conv_impls', ['native', 'patches', 'xla'], 'Convolution implementations to time.')
+flags.DEFINE_list('vmapped_impls', ['native', 'patches'], 'Implementations also timed with --models '
                   'vmapped models (XLA\'s CPU convolution takes minutes there).')
 flags.DEFINE_float('target', 0.85, 'Test accuracy for the time-to-accuracy measurement.')
 flags.DEFINE_boolean('time_to_target', True, 'Measure the time to --target.')

@@ -76,7 +76,9 @@ def test_sigkill_in_an_epoch_then_rerun_gives_identical_parameters(idx_dir, tmp_
 
 def test_an_interrupted_sweep_reruns_to_every_run_exactly_once(idx_dir, tmp_path):
   workdir = str(tmp_path / 'sweep')
-  cmd = _cmd(idx_dir, workdir, '--epochs=2', '--learning_rate=1e-3,3e-3', '--seeds=2')
+  # One run per group, so the runs finish one after another.
+  cmd = _cmd(idx_dir, workdir, '--epochs=2', '--learning_rate=1e-3,3e-3', '--seeds=2',
+             '--max_models=1')
   finals = lambda: glob.glob(os.path.join(workdir, 'runs', '*', 'final.json'))
   assert _kill_when(cmd, lambda: len(finals()) >= 1)
   before = len(finals())
