@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from lenet_jax import arch
 from lenet_jax import conv
+from lenet_jax import native
 from lenet_jax.config import ModelConfig
 
 ACTIVATION_FNS = {'sigmoid': nn.sigmoid, 'tanh': jnp.tanh, 'relu': nn.relu,
@@ -37,6 +38,10 @@ class Conv(nn.Module):
   kernel_init: Callable
   conv_fn: Callable = jax.lax.conv_general_dilated
   layout: str = 'NHWC'  # or 'CHWN'
+  # Return (conv, bias) unsummed, for a caller that max-pools first: a
+  # per-channel bias commutes with max pooling, max(x + b) = max(x) + b, so
+  # adding it after the pool touches a quarter of the values.
+  bias_after_pool: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -47,15 +52,16 @@ class Conv(nn.Module):
     y = self.conv_fn(x, kernel.astype(x.dtype), window_strides=(1, 1),
                      padding=(self.pads, self.pads),
                      dimension_numbers=(self.layout, 'HWIO', self.layout))
-    return y + bias.reshape([-1 if a == channel_axis else 1 for a in range(4)])
+    bias = bias.reshape([-1 if a == channel_axis else 1 for a in range(4)])
+    return (y, bias) if self.bias_after_pool else y + bias
 
 
 class LeNet5(nn.Module):
   """Conv blocks (conv [-> batch norm] -> activation, repeated; pool), then dense layers.
 
-  With the patches convolution (the CPU default) the conv blocks run in the
-  batch-minor CHWN layout, where XLA's CPU code vectorises over the batch; the
-  function and the parameters are the same in either layout.
+  With the CPU convolutions (native, the CPU default, and patches) the conv
+  blocks run in the batch-minor CHWN layout, where the kernels vectorise over
+  the batch; the function and the parameters are the same in either layout.
   """
   config: ModelConfig = ModelConfig()
 
@@ -75,6 +81,15 @@ class LeNet5(nn.Module):
     for b, (features, kernel, padding, convs) in enumerate(cfg.blocks(), start=1):
       pads = arch.conv_pads(kernel, padding)
       for c in range(1, convs + 1):
+        last = c == convs
+        # max(act(x)) == act(max(x)) for a non-decreasing act: pool first,
+        # and the activation touches a quarter of the values.
+        pool_first = last and cfg.pool == 'max' and cfg.activation in MONOTONE
+        if pool_first and cfg.normalization == 'none' and cfg.conv_reduction == 'sum':
+          y, bias = Conv(features, kernel, pads, kernel_init, conv_fn, layout,
+                         bias_after_pool=True, name=arch.conv_name(b, c))(x)
+          x = act(self._pool(y, conv_fn) + bias)
+          continue
         x = Conv(features, kernel, pads, kernel_init, conv_fn, layout,
                  name=arch.conv_name(b, c))(x)
         if cfg.conv_reduction == 'mean':
@@ -83,15 +98,12 @@ class LeNet5(nn.Module):
         if cfg.normalization == 'batch':
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis=channel_axis,
                            name=f'block{b}_bn{c}')(x)
-        last = c == convs
-        if last and cfg.pool == 'max' and cfg.activation in MONOTONE:
-          # max(act(x)) == act(max(x)) for a non-decreasing act: pool first,
-          # and the activation touches a quarter of the values.
-          x = act(self._pool(x, layout))
+        if pool_first:
+          x = act(self._pool(x, conv_fn))
         else:
           x = act(x)
           if last and cfg.pool != 'none':
-            x = self._pool(x, layout)
+            x = self._pool(x, conv_fn)
     if layout == 'CHWN':
       x = x.transpose(3, 1, 2, 0)  # flatten in (H, W, C) order, as in NHWC
     x = x.reshape(x.shape[0], -1)
@@ -99,9 +111,12 @@ class LeNet5(nn.Module):
       x = act(nn.Dense(width, kernel_init=kernel_init, name=f'dense{i}')(x))
     return nn.Dense(cfg.num_classes, kernel_init=kernel_init, name='logits')(x)
 
-  def _pool(self, x, layout: str):
-    size = self.config.pool_size
-    if layout == 'CHWN':  # reshape-and-reduce: its gradient avoids select-and-scatter
-      return conv.window_pool(x, size, self.config.pool)
+  def _pool(self, x, conv_fn):
+    size, kind = self.config.pool_size, self.config.pool
+    if conv_fn is native.native_conv and kind == 'max':
+      return native.max_pool(x, size)  # CHWN: the channels are independent problems
+    if conv.is_batch_minor(conv_fn):
+      # reshape-and-reduce: its gradient avoids select-and-scatter
+      return conv.window_pool(x, size, kind)
     pool = nn.max_pool if self.config.pool == 'max' else nn.avg_pool
     return pool(x, (size, size), strides=(size, size))

@@ -32,7 +32,9 @@ from jax import lax
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'conv.cc')
 CXX_FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 TARGETS = {'lenet_conv_forward': 'LenetConvForward',
-           'lenet_conv_weight_grad': 'LenetConvWeightGrad'}
+           'lenet_conv_weight_grad': 'LenetConvWeightGrad',
+           'lenet_max_pool_forward': 'LenetMaxPoolForward',
+           'lenet_max_pool_backward': 'LenetMaxPoolBackward'}
 
 
 class NativeUnavailable(RuntimeError):
@@ -112,6 +114,12 @@ def available() -> str | None:
   return None
 
 
+def _require():
+  reason = available()
+  if reason is not None:
+    raise NativeUnavailable(f'conv_impl="native" is unavailable: {reason}')
+
+
 def _forward(x, w, pads):
   """x (..., Ci, H, W, N), w (..., kh, kw, Ci, Co) -> (..., Co, Ho, Wo, N)."""
   (top, bottom), (left, right) = pads
@@ -156,6 +164,46 @@ def _conv_bwd(pads, residuals, dy):
 conv_chwn.defvjp(_conv_fwd, _conv_bwd)
 
 
+def max_pool(x, window: int):
+  """Max pooling of (..., H, W, N) over non-overlapping window x window tiles.
+
+  Like 'VALID' pooling with stride == window (a remainder is dropped), and its
+  gradient goes to the first maximum of each window in row-major order, as
+  with XLA's reduce_window, so it is the same function and gradient as
+  `nn.max_pool`. Leading axes (channels, vmapped models) are independent.
+  """
+  if x.dtype != jnp.float32:
+    raise NotImplementedError(f'native max_pool computes in float32, not {x.dtype}.')
+  if not 1 <= window <= 15:
+    raise ValueError(f'native max_pool takes windows of 1..15, not {window}.')
+  _require()
+  return _max_pool(x, window, tuple(x.shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool(x, window, shape):
+  return _max_pool_fwd(x, window, shape)[0]
+
+
+def _max_pool_fwd(x, window, shape):
+  *lead, height, width, batch = x.shape
+  out = (*lead, height // window, width // window, batch)
+  y, arg = jax.ffi.ffi_call(
+      'lenet_max_pool_forward',
+      (jax.ShapeDtypeStruct(out, x.dtype), jax.ShapeDtypeStruct(out, jnp.uint8)),
+      vmap_method='broadcast_all')(x, window=np.int64(window))
+  return y, arg
+
+
+def _max_pool_bwd(window, shape, arg, dy):
+  dx = jax.ffi.ffi_call('lenet_max_pool_backward', jax.ShapeDtypeStruct(shape, dy.dtype),
+                        vmap_method='broadcast_all')(dy, arg, window=np.int64(window))
+  return (dx,)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 def native_conv(lhs, rhs, window_strides=(1, 1), padding='VALID', lhs_dilation=None,
                 rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                 batch_group_count=1, precision=None, preferred_element_type=None):
@@ -170,9 +218,7 @@ def native_conv(lhs, rhs, window_strides=(1, 1), padding='VALID', lhs_dilation=N
                               f'and a {rhs.dtype} kernel. Use conv_impl="xla".')
   if preferred_element_type not in (None, jnp.float32):
     raise NotImplementedError(f'native_conv returns float32, not {preferred_element_type}.')
-  reason = available()
-  if reason is not None:
-    raise NativeUnavailable(f'conv_impl="native" is unavailable: {reason}')
+  _require()
   pads = tuple(map(tuple, conv.explicit_pads(padding, rhs.shape[:2])))
   if layout == conv.CHWN:
     return conv_chwn(lhs, rhs, pads)

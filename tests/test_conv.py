@@ -166,6 +166,29 @@ def test_window_pool_matches_flax(kind, reference, size, window):
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize('shape, window', [((3, 10, 10, 37), 2), ((2, 11, 9, 16), 2),
+                                           ((2, 9, 9, 5), 3), ((4, 7, 7, 20), 1)])
+def test_native_max_pool_is_flax_max_pool_with_its_gradient_even_at_ties(shape, window):
+  """Values on a half-integer grid tie often: the gradient still goes to the first maximum."""
+  x = jnp.round(jax.random.normal(jax.random.key(0), shape) * 2) / 2  # (C, H, W, N)
+  reference = lambda x: nn.max_pool(x.transpose(3, 1, 2, 0), (window, window),
+                                    strides=(window, window)).transpose(3, 1, 2, 0)
+  pool = lambda x: native.max_pool(x, window)
+  np.testing.assert_array_equal(pool(x), reference(x))
+  cotangent = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * cotangent))
+  np.testing.assert_array_equal(jax.jit(grad(pool))(x), grad(reference)(x))
+  models = jnp.stack([x, -x, 2 * x])  # vmapped over models: one call, leading axis
+  np.testing.assert_array_equal(jax.jit(jax.vmap(grad(pool)))(models),
+                                jax.vmap(grad(reference))(models))
+
+
+def test_native_max_pool_propagates_nan():
+  for values in ([1., np.nan, 0., 2.], [np.nan, 1., 3., 2.], [1., 2., 3., np.nan]):
+    x = jnp.array(values, jnp.float32).reshape(1, 2, 2, 1)
+    assert np.isnan(native.max_pool(x, 2)).all()
+
+
 def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch):
   assert native.available() is None, native.available()  # CI installs a compiler
   assert conv.conv_impl('auto', 'cpu') is native.native_conv

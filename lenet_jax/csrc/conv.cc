@@ -14,7 +14,8 @@
 //   ConvWeightGrad: dw[g, i, j, ci, co] = sum_{oh, ow, n} dy[g, co, oh, ow, n] *
 //                                         x[g, ci, oh + i - pt, ow + j - pl, n]
 // The input gradient is ConvForward of dy with the flipped, transposed kernel
-// (built in Python).
+// (built in Python). MaxPoolForward/Backward pool non-overlapping windows and
+// route the gradient to the first maximum of each, as XLA does.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -246,6 +247,64 @@ void WeightGradRows(const Shape& s, const float* x, const float* dy, float* part
     partial[k] = scalar_acc[k] + (vector_end > 0 ? Lanes<v16>::Sum(vector_acc[k]) : 0.f);
 }
 
+// ------------------------------------------------------------- max pooling
+
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint8_t v16b __attribute__((vector_size(16)));
+
+// Non-overlapping k x k max pooling of x (groups, H, W, N) into y (groups, Ho,
+// Wo, N), where Ho = H / k (a remainder is dropped). `arg` records which tap
+// (i * k + j) won: the first maximum in row-major order, as XLA's
+// select-and-scatter picks it, and a NaN wins over numbers so that it
+// propagates.
+template <class V, class I, class B>
+void PoolForwardRow(const float* x, float* y, uint8_t* arg, int64_t h, int64_t w, int64_t n,
+                    int64_t k, int64_t oh, int64_t wo, int64_t n0) {
+  for (int64_t ow = 0; ow < wo; ++ow) {
+    const float* xp = x + (oh * k * w + ow * k) * n + n0;
+    V best = Lanes<V>::Load(xp);
+    I which = I{} * 0;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        const V v = Lanes<V>::Load(xp + (i * w + j) * n);
+        const auto wins = (v > best) | ((v != v) & (best == best));
+        best = wins ? v : best;
+        which = wins ? I{} * 0 + static_cast<int32_t>(i * k + j) : which;
+      }
+    const int64_t at = (oh * wo + ow) * n + n0;
+    Lanes<V>::Store(y + at, best);
+    if constexpr (sizeof(B) == 1) {
+      arg[at] = static_cast<uint8_t>(which);
+    } else {
+      const B bytes = __builtin_convertvector(which, B);
+      std::memcpy(arg + at, &bytes, sizeof(bytes));
+    }
+  }
+}
+
+// dx (groups, H, W, N): dy where the tap won the forward pass, else 0.
+template <class V, class I, class B>
+void PoolBackwardRow(const float* dy, const uint8_t* arg, float* dx, int64_t w, int64_t n,
+                     int64_t k, int64_t oh, int64_t wo, int64_t n0) {
+  for (int64_t ow = 0; ow < wo; ++ow) {
+    const int64_t at = (oh * wo + ow) * n + n0;
+    const V g = Lanes<V>::Load(dy + at);
+    I which;
+    if constexpr (sizeof(B) == 1) {
+      which = arg[at];
+    } else {
+      B bytes;
+      std::memcpy(&bytes, arg + at, sizeof(bytes));
+      which = __builtin_convertvector(bytes, I);
+    }
+    float* dp = dx + (oh * k * w + ow * k) * n + n0;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        Lanes<V>::Store(dp + (i * w + j) * n,
+                        which == I{} * 0 + static_cast<int32_t>(i * k + j) ? g : V{} * 0.f);
+  }
+}
+
 // ------------------------------------------------------------------ handlers
 
 ffi::Error CheckRank(ffi::Buffer<ffi::F32>::Dimensions dims, size_t rank, const char* name) {
@@ -321,6 +380,73 @@ ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// x (..., H, W, N) -> y (..., Ho, Wo, N), arg (..., Ho, Wo, N) uint8.
+ffi::Error PoolForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::U8> arg,
+                           int64_t k) {
+  auto xd = x.dimensions(), yd = y->dimensions();
+  if (auto e = CheckRank(xd, 3, "x"); e.failure()) return e;
+  const size_t r = xd.size();
+  const int64_t groups = Groups(xd, 3), h = xd[r - 3], w = xd[r - 2], n = xd[r - 1];
+  const int64_t ho = yd[r - 3], wo = yd[r - 2];
+  if (k < 1 || k > 15 || ho != h / k || wo != w / k)
+    return ffi::Error::InvalidArgument("max pool: window must be 1..15 and fit the output");
+  const float* xp = x.typed_data();
+  float* yp = y->typed_data();
+  uint8_t* ap = arg->typed_data();
+  const int64_t vector_end = n - n % Lanes<v16>::kWidth;
+  ParallelFor(pool, groups * ho, [&](int64_t item) {
+    const int64_t g = item / ho, oh = item % ho;
+    const float* xg = xp + g * h * w * n;
+    float* yg = yp + g * ho * wo * n;
+    uint8_t* ag = ap + g * ho * wo * n;
+    for (int64_t n0 = 0; n0 < vector_end; n0 += 16)
+      PoolForwardRow<v16, v16i, v16b>(xg, yg, ag, h, w, n, k, oh, wo, n0);
+    for (int64_t n0 = vector_end; n0 < n; ++n0)
+      PoolForwardRow<float, int32_t, uint8_t>(xg, yg, ag, h, w, n, k, oh, wo, n0);
+  });
+  return ffi::Error::Success();
+}
+
+// dy, arg (..., Ho, Wo, N) -> dx (..., H, W, N).
+ffi::Error PoolBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                            ffi::Buffer<ffi::U8> arg, ffi::ResultBuffer<ffi::F32> dx,
+                            int64_t k) {
+  auto dd = dy.dimensions(), xd = dx->dimensions();
+  if (auto e = CheckRank(xd, 3, "dx"); e.failure()) return e;
+  const size_t r = xd.size();
+  const int64_t groups = Groups(xd, 3), h = xd[r - 3], w = xd[r - 2], n = xd[r - 1];
+  const int64_t ho = dd[r - 3], wo = dd[r - 2];
+  if (k < 1 || k > 15 || ho != h / k || wo != w / k)
+    return ffi::Error::InvalidArgument("max pool: window must be 1..15 and fit the output");
+  const float* dp = dy.typed_data();
+  const uint8_t* ap = arg.typed_data();
+  float* xp = dx->typed_data();
+  if (ho == 0 || wo == 0) {
+    std::fill(xp, xp + groups * h * w * n, 0.f);
+    return ffi::Error::Success();
+  }
+  const int64_t vector_end = n - n % Lanes<v16>::kWidth;
+  ParallelFor(pool, groups * ho, [&](int64_t item) {
+    const int64_t g = item / ho, oh = item % ho;
+    const float* dg = dp + g * ho * wo * n;
+    const uint8_t* ag = ap + g * ho * wo * n;
+    float* xg = xp + g * h * w * n;
+    for (int64_t n0 = 0; n0 < vector_end; n0 += 16)
+      PoolBackwardRow<v16, v16i, v16b>(dg, ag, xg, w, n, k, oh, wo, n0);
+    for (int64_t n0 = vector_end; n0 < n; ++n0)
+      PoolBackwardRow<float, int32_t, uint8_t>(dg, ag, xg, w, n, k, oh, wo, n0);
+    // Rows and columns outside every window (H % k, W % k) get no gradient.
+    for (int64_t i = 0; i < k; ++i) {
+      float* row = xg + (oh * k + i) * w * n;
+      std::fill(row + wo * k * n, row + w * n, 0.f);
+    }
+    if (oh == ho - 1)
+      std::fill(xg + ho * k * w * n, xg + h * w * n, 0.f);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvForward, ForwardImpl,
@@ -340,3 +466,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvWeightGrad, WeightGradImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetMaxPoolForward, PoolForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U8>>()
+                                  .Attr<int64_t>("window"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetMaxPoolBackward, PoolBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("window"));
