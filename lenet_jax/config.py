@@ -32,7 +32,7 @@ class ModelConfig:
   normalization: str = 'none'  # 'batch': batch norm after each conv
   conv_reduction: str = 'sum'  # 'mean' divides each conv output by k*k
   init: str = 'lecun'  # kernel initialiser: lecun, xavier, he, torch
-  conv_impl: str = 'auto'  # 'xla', 'patches' (fast on CPU), 'auto' per backend
+  conv_impl: str = 'auto'  # 'native' (fastest on CPU), 'patches', 'xla'; 'auto' per backend
 
   def blocks(self) -> list[tuple[int, int, str | int, int]]:
     """(channels, kernel, padding, convs) per block; a 1-entry field broadcasts."""
