@@ -189,12 +189,19 @@ def test_native_max_pool_propagates_nan():
     assert np.isnan(native.max_pool(x, 2)).all()
 
 
-def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch):
+def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch, caplog):
   assert native.available() is None, native.available()  # CI installs a compiler
   assert conv.conv_impl('auto', 'cpu') is native.native_conv
-  monkeypatch.setattr(conv, '_native_reason', lambda: 'no C++ compiler')
-  assert conv.conv_impl('auto', 'cpu') is conv.patches_conv
   assert conv.conv_impl('native', 'cpu') is native.native_conv
+  # Without a compiler, auto says why and falls back to the patches convolution.
+  monkeypatch.setattr(native, 'available', lambda: 'no C++ compiler')
+  conv._native_reason.cache_clear()  # pylint: disable=protected-access
+  try:
+    with caplog.at_level('WARNING'):
+      assert conv.conv_impl('auto', 'cpu') is conv.patches_conv
+    assert 'no C++ compiler' in caplog.text and 'conv_impl=patches' in caplog.text
+  finally:
+    conv._native_reason.cache_clear()  # pylint: disable=protected-access
   assert conv.conv_impl('auto', 'gpu') is lax.conv_general_dilated
   assert conv.conv_impl('auto', 'tpu') is lax.conv_general_dilated
   with pytest.raises(ValueError, match="conv_impl='fast'"):
