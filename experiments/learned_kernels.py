@@ -69,7 +69,10 @@ def _plots(ctx, res):
   images = ctx.dataset.test_images[:3]
   _, inter = LeNet5(res.config.model).apply(
       {'params': res.params}, images.astype(np.float32) / 255, capture_intermediates=True)
-  maps = np.asarray(inter['intermediates']['block1_conv1']['__call__'][0])
+  maps = inter['intermediates']['block1_conv1']['__call__'][0]
+  if isinstance(maps, tuple):  # (conv, bias): the model adds the bias after max pooling
+    maps = maps[0] + maps[1]
+  maps = np.asarray(maps)
   if maps.shape[0] != len(images):  # CHWN layout inside the fast CPU path
     maps = maps.transpose(3, 1, 2, 0)
   fig, axes = plt.subplots(len(images), channels + 1, figsize=(1.4 * (channels + 1), 4.4))

@@ -95,7 +95,11 @@ def load() -> ctypes.CDLL:
   path = library_path()
   if not os.path.exists(path):
     build(path)
-  lib = ctypes.CDLL(path)
+  try:
+    lib = ctypes.CDLL(path)
+  except OSError as e:
+    raise NativeUnavailable(f'could not load the native library {path} ({e}); delete it '
+                            'and it is rebuilt on the next use.') from e
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                 platform='cpu')
@@ -109,7 +113,7 @@ def available() -> str | None:
     return f'it runs on the CPU only, and the default backend is {jax.default_backend()}'
   try:
     load()
-  except (NativeUnavailable, OSError) as e:
+  except NativeUnavailable as e:
     return str(e)
   return None
 

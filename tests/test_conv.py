@@ -206,3 +206,19 @@ def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch, caplog):
   assert conv.conv_impl('auto', 'tpu') is lax.conv_general_dilated
   with pytest.raises(ValueError, match="conv_impl='fast'"):
     conv.conv_impl('fast')
+
+
+def test_a_corrupt_native_library_says_to_delete_it(tmp_path, monkeypatch):
+  broken = tmp_path / 'conv.so'
+  broken.write_bytes(b'not a shared library')
+  monkeypatch.setattr(native, 'library_path', lambda: str(broken))
+  native.load.cache_clear()
+  try:
+    with pytest.raises(native.NativeUnavailable, match='delete it'):
+      native.load()
+  finally:
+    native.load.cache_clear()
+  monkeypatch.undo()
+  native.load()  # the real library loads again and re-registers its targets
+  x = jnp.ones((1, 4, 4, 16))
+  np.testing.assert_allclose(native.max_pool(x, 2), jnp.ones((1, 2, 2, 16)))
