@@ -97,6 +97,12 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count,
   while (state->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
 }
 
+int64_t Groups(ffi::Buffer<ffi::F32>::Dimensions dims, size_t rank) {
+  int64_t groups = 1;
+  for (size_t k = 0; k + rank < dims.size(); ++k) groups *= dims[k];
+  return groups;
+}
+
 // ---------------------------------------------------------------- forward
 
 // y[c0:c0+COB, oh, ow, n0:n0+width] of one group.
@@ -252,86 +258,138 @@ void WeightGradRows(const Shape& s, const float* x, const float* dy, float* part
 typedef int32_t v16i __attribute__((vector_size(64)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
 
-// Non-overlapping k x k max pooling of x (groups, H, W, N) into y (groups, Ho,
-// Wo, N), where Ho = H / k (a remainder is dropped). `arg` records which tap
-// (i * k + j) won: the first maximum in row-major order, as XLA's
-// select-and-scatter picks it, and a NaN wins over numbers so that it
-// propagates.
-template <class V, class I, class B>
-void PoolForwardRow(const float* x, float* y, uint8_t* arg, int64_t h, int64_t w, int64_t n,
-                    int64_t k, int64_t oh, int64_t wo, int64_t n0) {
-  for (int64_t ow = 0; ow < wo; ++ow) {
-    const float* xp = x + (oh * k * w + ow * k) * n + n0;
-    V best = Lanes<V>::Load(xp);
-    I which = I{} * 0;
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) {
-        const V v = Lanes<V>::Load(xp + (i * w + j) * n);
-        const auto wins = (v > best) | ((v != v) & (best == best));
-        best = wins ? v : best;
-        which = wins ? I{} * 0 + static_cast<int32_t>(i * k + j) : which;
-      }
-    const int64_t at = (oh * wo + ow) * n + n0;
-    Lanes<V>::Store(y + at, best);
-    if constexpr (sizeof(B) == 1) {
-      arg[at] = static_cast<uint8_t>(which);
-    } else {
-      const B bytes = __builtin_convertvector(which, B);
-      std::memcpy(arg + at, &bytes, sizeof(bytes));
-    }
+// The types of one step over the batch: 16 images, or one of the remainder.
+struct VectorStep {
+  using V = v16;    // values
+  using I = v16i;   // tap indices
+  using B = v16b;   // tap indices as stored, one byte each
+  static constexpr int64_t kWidth = 16;
+};
+struct ScalarStep {
+  using V = float;
+  using I = int32_t;
+  using B = uint8_t;
+  static constexpr int64_t kWidth = 1;
+};
+
+template <class Step>
+typename Step::I LoadTaps(const uint8_t* p) {
+  if constexpr (Step::kWidth == 1) {
+    return *p;
+  } else {
+    typename Step::B bytes;
+    std::memcpy(&bytes, p, sizeof(bytes));
+    return __builtin_convertvector(bytes, typename Step::I);
   }
 }
 
-// dx (groups, H, W, N): dy where the tap won the forward pass, else 0.
-template <class V, class I, class B>
-void PoolBackwardRow(const float* dy, const uint8_t* arg, float* dx, int64_t w, int64_t n,
-                     int64_t k, int64_t oh, int64_t wo, int64_t n0) {
-  for (int64_t ow = 0; ow < wo; ++ow) {
-    const int64_t at = (oh * wo + ow) * n + n0;
+template <class Step>
+void StoreTaps(uint8_t* p, typename Step::I taps) {
+  if constexpr (Step::kWidth == 1) {
+    *p = static_cast<uint8_t>(taps);
+  } else {
+    const auto bytes = __builtin_convertvector(taps, typename Step::B);
+    std::memcpy(p, &bytes, sizeof(bytes));
+  }
+}
+
+// Non-overlapping k x k windows of a (groups, H, W, N) array, pooled to
+// (groups, Ho, Wo, N) with Ho = H / k, Wo = W / k (a remainder is dropped).
+struct PoolShape {
+  int64_t groups, h, w, n, k, ho, wo;
+};
+
+ffi::Error ReadPoolShape(ffi::Buffer<ffi::F32>::Dimensions full,
+                         ffi::Buffer<ffi::F32>::Dimensions pooled, int64_t k, PoolShape* s) {
+  if (full.size() < 3 || pooled.size() != full.size())
+    return ffi::Error::InvalidArgument("max pool: arrays of rank >= 3 and equal rank");
+  const size_t r = full.size();
+  *s = {Groups(full, 3), full[r - 3], full[r - 2], full[r - 1], k, pooled[r - 3], pooled[r - 2]};
+  if (k < 1 || k > 15 || s->ho != s->h / k || s->wo != s->w / k)
+    return ffi::Error::InvalidArgument("max pool: window must be 1..15 and fit the output");
+  return ffi::Error::Success();
+}
+
+// Calls step(Step{}, g, oh, n0) for every group, pooled row and batch step.
+template <class Fn>
+void ForEachPoolStep(ffi::ThreadPool& pool, const PoolShape& s, const Fn& step) {
+  const int64_t vector_end = s.n - s.n % VectorStep::kWidth;
+  ParallelFor(pool, s.groups * s.ho, [&](int64_t item) {
+    const int64_t g = item / s.ho, oh = item % s.ho;
+    for (int64_t n0 = 0; n0 < vector_end; n0 += VectorStep::kWidth) step(VectorStep{}, g, oh, n0);
+    for (int64_t n0 = vector_end; n0 < s.n; ++n0) step(ScalarStep{}, g, oh, n0);
+  });
+}
+
+// The max of every window of row oh, and which tap (i * k + j) won it: the
+// first maximum in row-major order, as XLA's select-and-scatter picks it; a
+// NaN wins over numbers, so that it propagates.
+template <class Step>
+void PoolForwardStep(const PoolShape& s, const float* x, float* y, uint8_t* taps, int64_t oh,
+                     int64_t n0) {
+  using V = typename Step::V;
+  using I = typename Step::I;
+  for (int64_t ow = 0; ow < s.wo; ++ow) {
+    const float* xp = x + (oh * s.k * s.w + ow * s.k) * s.n + n0;
+    V best = Lanes<V>::Load(xp);
+    I which = I{} * 0;
+    for (int64_t i = 0; i < s.k; ++i)
+      for (int64_t j = 0; j < s.k; ++j) {
+        const V v = Lanes<V>::Load(xp + (i * s.w + j) * s.n);
+        const auto wins = (v > best) | ((v != v) & (best == best));
+        best = wins ? v : best;
+        which = wins ? I{} * 0 + static_cast<int32_t>(i * s.k + j) : which;
+      }
+    const int64_t at = (oh * s.wo + ow) * s.n + n0;
+    Lanes<V>::Store(y + at, best);
+    StoreTaps<Step>(taps + at, which);
+  }
+}
+
+// The gradient of row oh's windows: dy at the winning tap, 0 elsewhere.
+template <class Step>
+void PoolBackwardStep(const PoolShape& s, const float* dy, const uint8_t* taps, float* dx,
+                      int64_t oh, int64_t n0) {
+  using V = typename Step::V;
+  using I = typename Step::I;
+  for (int64_t ow = 0; ow < s.wo; ++ow) {
+    const int64_t at = (oh * s.wo + ow) * s.n + n0;
     const V g = Lanes<V>::Load(dy + at);
-    I which;
-    if constexpr (sizeof(B) == 1) {
-      which = arg[at];
-    } else {
-      B bytes;
-      std::memcpy(&bytes, arg + at, sizeof(bytes));
-      which = __builtin_convertvector(bytes, I);
-    }
-    float* dp = dx + (oh * k * w + ow * k) * n + n0;
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j)
-        Lanes<V>::Store(dp + (i * w + j) * n,
-                        which == I{} * 0 + static_cast<int32_t>(i * k + j) ? g : V{} * 0.f);
+    const I which = LoadTaps<Step>(taps + at);
+    float* dp = dx + (oh * s.k * s.w + ow * s.k) * s.n + n0;
+    for (int64_t i = 0; i < s.k; ++i)
+      for (int64_t j = 0; j < s.k; ++j)
+        Lanes<V>::Store(dp + (i * s.w + j) * s.n,
+                        which == I{} * 0 + static_cast<int32_t>(i * s.k + j) ? g : V{} * 0.f);
   }
 }
 
 // ------------------------------------------------------------------ handlers
 
-ffi::Error CheckRank(ffi::Buffer<ffi::F32>::Dimensions dims, size_t rank, const char* name) {
-  if (dims.size() < rank)
-    return ffi::Error::InvalidArgument(std::string(name) + " has too few dimensions");
+// The shape of a convolution of x (..., Ci, H, W, N) with a kernel (..., kh,
+// kw, Ci, Co) into y (..., Co, Ho, Wo, N), checked for consistency.
+ffi::Error ReadConvShape(ffi::Buffer<ffi::F32>::Dimensions x,
+                         ffi::Buffer<ffi::F32>::Dimensions kernel,
+                         ffi::Buffer<ffi::F32>::Dimensions y, int64_t pt, int64_t pl,
+                         Shape* s) {
+  if (x.size() < 4 || kernel.size() != x.size() || y.size() != x.size())
+    return ffi::Error::InvalidArgument("conv: arrays of rank >= 4 and equal rank");
+  const size_t r = x.size();
+  *s = {Groups(x, 4), x[r - 4], x[r - 3], x[r - 2], x[r - 1], kernel[r - 4], kernel[r - 3],
+        kernel[r - 1], pt, pl, y[r - 3], y[r - 2]};
+  if (Groups(kernel, 4) != s->groups || Groups(y, 4) != s->groups || kernel[r - 2] != s->ci ||
+      y[r - 4] != s->co || y[r - 1] != s->n)
+    return ffi::Error::InvalidArgument("conv: inconsistent shapes");
   return ffi::Error::Success();
-}
-
-int64_t Groups(ffi::Buffer<ffi::F32>::Dimensions dims, size_t rank) {
-  int64_t groups = 1;
-  for (size_t k = 0; k + rank < dims.size(); ++k) groups *= dims[k];
-  return groups;
 }
 
 // Inputs x (..., Ci, H, W, N) and w (..., kh, kw, Ci, Co); output (..., Co, Ho, Wo, N).
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t pt, int64_t pl) {
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (auto e = CheckRank(xd, 4, "x"); e.failure()) return e;
-  if (auto e = CheckRank(wd, 4, "w"); e.failure()) return e;
-  const size_t xr = xd.size(), wr = wd.size(), yr = yd.size();
-  Shape s{Groups(xd, 4), xd[xr - 4], xd[xr - 3], xd[xr - 2], xd[xr - 1],
-          wd[wr - 4],    wd[wr - 3], wd[wr - 1], pt,         pl,
-          yd[yr - 3],    yd[yr - 2]};
-  if (Groups(wd, 4) != s.groups || wd[wr - 2] != s.ci || yd[yr - 4] != s.co ||
-      yd[yr - 1] != s.n)
-    return ffi::Error::InvalidArgument("conv forward: inconsistent shapes");
+  Shape s;
+  if (auto e = ReadConvShape(x.dimensions(), w.dimensions(), y->dimensions(), pt, pl, &s);
+      e.failure())
+    return e;
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   float* yp = y->typed_data();
@@ -345,16 +403,10 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
                           int64_t pt, int64_t pl) {
-  auto xd = x.dimensions(), dd = dy.dimensions(), wd = dw->dimensions();
-  if (auto e = CheckRank(xd, 4, "x"); e.failure()) return e;
-  if (auto e = CheckRank(dd, 4, "dy"); e.failure()) return e;
-  const size_t xr = xd.size(), dr = dd.size(), wr = wd.size();
-  Shape s{Groups(xd, 4), xd[xr - 4], xd[xr - 3], xd[xr - 2], xd[xr - 1],
-          wd[wr - 4],    wd[wr - 3], dd[dr - 4], pt,         pl,
-          dd[dr - 3],    dd[dr - 2]};
-  if (Groups(dd, 4) != s.groups || wd[wr - 2] != s.ci || wd[wr - 1] != s.co ||
-      dd[dr - 1] != s.n)
-    return ffi::Error::InvalidArgument("conv weight gradient: inconsistent shapes");
+  Shape s;
+  if (auto e = ReadConvShape(x.dimensions(), dw->dimensions(), dy.dimensions(), pt, pl, &s);
+      e.failure())
+    return e;
   // Each group's rows are cut into chunks so that there are a few items per
   // thread; every chunk sums into its own partial gradient, added up below.
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
@@ -380,92 +432,55 @@ ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
-// x (..., H, W, N) -> y (..., Ho, Wo, N), arg (..., Ho, Wo, N) uint8.
+// x (..., H, W, N) -> y (..., Ho, Wo, N) and the winning taps (..., Ho, Wo, N) uint8.
 ffi::Error PoolForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                           ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::U8> arg,
+                           ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::U8> taps,
                            int64_t k) {
-  auto xd = x.dimensions(), yd = y->dimensions();
-  if (auto e = CheckRank(xd, 3, "x"); e.failure()) return e;
-  const size_t r = xd.size();
-  const int64_t groups = Groups(xd, 3), h = xd[r - 3], w = xd[r - 2], n = xd[r - 1];
-  const int64_t ho = yd[r - 3], wo = yd[r - 2];
-  if (k < 1 || k > 15 || ho != h / k || wo != w / k)
-    return ffi::Error::InvalidArgument("max pool: window must be 1..15 and fit the output");
+  PoolShape s;
+  if (auto e = ReadPoolShape(x.dimensions(), y->dimensions(), k, &s); e.failure()) return e;
   const float* xp = x.typed_data();
   float* yp = y->typed_data();
-  uint8_t* ap = arg->typed_data();
-  const int64_t vector_end = n - n % Lanes<v16>::kWidth;
-  ParallelFor(pool, groups * ho, [&](int64_t item) {
-    const int64_t g = item / ho, oh = item % ho;
-    const float* xg = xp + g * h * w * n;
-    float* yg = yp + g * ho * wo * n;
-    uint8_t* ag = ap + g * ho * wo * n;
-    for (int64_t n0 = 0; n0 < vector_end; n0 += 16)
-      PoolForwardRow<v16, v16i, v16b>(xg, yg, ag, h, w, n, k, oh, wo, n0);
-    for (int64_t n0 = vector_end; n0 < n; ++n0)
-      PoolForwardRow<float, int32_t, uint8_t>(xg, yg, ag, h, w, n, k, oh, wo, n0);
+  uint8_t* tp = taps->typed_data();
+  const int64_t full = s.h * s.w * s.n, pooled = s.ho * s.wo * s.n;
+  ForEachPoolStep(pool, s, [&](auto step, int64_t g, int64_t oh, int64_t n0) {
+    PoolForwardStep<decltype(step)>(s, xp + g * full, yp + g * pooled, tp + g * pooled, oh, n0);
   });
   return ffi::Error::Success();
 }
 
-// dy, arg (..., Ho, Wo, N) -> dx (..., H, W, N).
+// dy and the winning taps (..., Ho, Wo, N) -> dx (..., H, W, N).
 ffi::Error PoolBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
-                            ffi::Buffer<ffi::U8> arg, ffi::ResultBuffer<ffi::F32> dx,
+                            ffi::Buffer<ffi::U8> taps, ffi::ResultBuffer<ffi::F32> dx,
                             int64_t k) {
-  auto dd = dy.dimensions(), xd = dx->dimensions();
-  if (auto e = CheckRank(xd, 3, "dx"); e.failure()) return e;
-  const size_t r = xd.size();
-  const int64_t groups = Groups(xd, 3), h = xd[r - 3], w = xd[r - 2], n = xd[r - 1];
-  const int64_t ho = dd[r - 3], wo = dd[r - 2];
-  if (k < 1 || k > 15 || ho != h / k || wo != w / k)
-    return ffi::Error::InvalidArgument("max pool: window must be 1..15 and fit the output");
+  PoolShape s;
+  if (auto e = ReadPoolShape(dx->dimensions(), dy.dimensions(), k, &s); e.failure()) return e;
   const float* dp = dy.typed_data();
-  const uint8_t* ap = arg.typed_data();
+  const uint8_t* tp = taps.typed_data();
   float* xp = dx->typed_data();
-  if (ho == 0 || wo == 0) {
-    std::fill(xp, xp + groups * h * w * n, 0.f);
-    return ffi::Error::Success();
-  }
-  const int64_t vector_end = n - n % Lanes<v16>::kWidth;
-  ParallelFor(pool, groups * ho, [&](int64_t item) {
-    const int64_t g = item / ho, oh = item % ho;
-    const float* dg = dp + g * ho * wo * n;
-    const uint8_t* ag = ap + g * ho * wo * n;
-    float* xg = xp + g * h * w * n;
-    for (int64_t n0 = 0; n0 < vector_end; n0 += 16)
-      PoolBackwardRow<v16, v16i, v16b>(dg, ag, xg, w, n, k, oh, wo, n0);
-    for (int64_t n0 = vector_end; n0 < n; ++n0)
-      PoolBackwardRow<float, int32_t, uint8_t>(dg, ag, xg, w, n, k, oh, wo, n0);
-    // Rows and columns outside every window (H % k, W % k) get no gradient.
-    for (int64_t i = 0; i < k; ++i) {
-      float* row = xg + (oh * k + i) * w * n;
-      std::fill(row + wo * k * n, row + w * n, 0.f);
-    }
-    if (oh == ho - 1)
-      std::fill(xg + ho * k * w * n, xg + h * w * n, 0.f);
+  const int64_t full = s.h * s.w * s.n, pooled = s.ho * s.wo * s.n;
+  // Rows and columns outside every window (H % k, W % k) get no gradient.
+  if (s.h % k != 0 || s.w % k != 0 || s.ho == 0) std::fill(xp, xp + s.groups * full, 0.f);
+  ForEachPoolStep(pool, s, [&](auto step, int64_t g, int64_t oh, int64_t n0) {
+    PoolBackwardStep<decltype(step)>(s, dp + g * pooled, tp + g * pooled, xp + g * full, oh, n0);
   });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvForward, ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+// Both convolution handlers: two float arrays in, one out, the top and left pads.
+static auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvWeightGrad, WeightGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvForward, ForwardImpl, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvWeightGrad, WeightGradImpl, ConvBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetMaxPoolForward, PoolForwardImpl,
                               ffi::Ffi::Bind()
