@@ -168,8 +168,9 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 def validate(config: Config) -> None:
   """Raises ValueError naming the bad value and the fix: bad choices, non-positive
-  sizes, a learning rate <= 0, an architecture whose maps vanish. Cheap: nothing
-  is built or traced."""
+  sizes, a learning rate <= 0, an architecture whose maps vanish, the native
+  convolution where it cannot run. Cheap: nothing is traced (the native library
+  is compiled once per machine, if it is asked for and missing)."""
   m, o, d = config.model, config.optim, config.data
   choices = [('model.activation', m.activation, ACTIVATIONS),
              ('model.pool', m.pool, POOLS),
@@ -185,6 +186,11 @@ def validate(config: Config) -> None:
   from lenet_jax import conv  # pylint: disable=import-outside-toplevel
   if m.conv_impl not in conv.CONV_IMPLS:
     raise ValueError(f'model.conv_impl={m.conv_impl!r} is not one of {conv.CONV_IMPLS}.')
+  if m.conv_impl == 'native':
+    from lenet_jax import native  # pylint: disable=import-outside-toplevel
+    if (reason := native.available()) is not None:
+      raise ValueError(f"model.conv_impl='native' cannot run here: {reason} "
+                       "Use conv_impl='auto' or 'patches'.")
   positives = [('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size),
                ('epochs', config.epochs), ('model.num_classes', m.num_classes),
                ('model.pool_size', m.pool_size)]

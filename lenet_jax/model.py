@@ -113,7 +113,7 @@ class LeNet5(nn.Module):
 
   def _pool(self, x, conv_fn):
     size, kind = self.config.pool_size, self.config.pool
-    if conv_fn is native.native_conv and kind == 'max':
+    if conv_fn is native.native_conv and kind == 'max' and size <= native.MAX_POOL_WINDOW:
       return native.max_pool(x, size)  # CHWN: the channels are independent problems
     if conv.is_batch_minor(conv_fn):
       # reshape-and-reduce: its gradient avoids select-and-scatter

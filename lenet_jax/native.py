@@ -31,6 +31,7 @@ from jax import lax
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'conv.cc')
 CXX_FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
+MAX_POOL_WINDOW = 15  # the winning tap is stored in one byte
 TARGETS = {'lenet_conv_forward': 'LenetConvForward',
            'lenet_conv_weight_grad': 'LenetConvWeightGrad',
            'lenet_max_pool_forward': 'LenetMaxPoolForward',
@@ -178,8 +179,8 @@ def max_pool(x, window: int):
   """
   if x.dtype != jnp.float32:
     raise NotImplementedError(f'native max_pool computes in float32, not {x.dtype}.')
-  if not 1 <= window <= 15:
-    raise ValueError(f'native max_pool takes windows of 1..15, not {window}.')
+  if not 1 <= window <= MAX_POOL_WINDOW:
+    raise ValueError(f'native max_pool takes windows of 1..{MAX_POOL_WINDOW}, not {window}.')
   _require()
   return _max_pool(x, window, tuple(x.shape))
 

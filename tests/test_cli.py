@@ -97,6 +97,14 @@ def test_the_command_line_rejects_bad_input_before_training(args, message):
   assert message in proc.stderr
 
 
+def test_native_conv_without_a_compiler_is_a_clear_error(tmp_path):
+  proc = _run('--describe', '--conv_impl=native',
+              env={'CXX': '/nonexistent/g++', 'LENET_JAX_NATIVE_DIR': str(tmp_path)})
+  assert proc.returncode == 2, proc.stderr
+  assert "model.conv_impl='native' cannot run here" in proc.stderr
+  assert 'apt-get install g++' in proc.stderr and "'patches'" in proc.stderr
+
+
 def test_describe_prints_the_trace_without_training():
   proc = _run('--describe', '--kernel_size=3', '--padding=1,valid', '--convs_per_block=2')
   assert proc.returncode == 0, proc.stderr
