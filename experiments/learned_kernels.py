@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
+from lenet_jax import arch
 from lenet_jax import stats
 from lenet_jax.model import LeNet5
 
@@ -66,15 +67,12 @@ def _plots(ctx, res):
   fig.savefig(kernels_png, dpi=120)
   plt.close(fig)
 
-  images = ctx.dataset.test_images[:3]
-  _, inter = LeNet5(res.config.model).apply(
-      {'params': res.params}, images.astype(np.float32) / 255, capture_intermediates=True)
-  maps = inter['intermediates']['block1_conv1']['__call__'][0]
-  if isinstance(maps, tuple):  # (conv, bias): the model adds the bias after max pooling
-    maps = maps[0] + maps[1]
-  maps = np.asarray(maps)
-  if maps.shape[0] != len(images):  # CHWN layout inside the fast CPU path
-    maps = maps.transpose(3, 1, 2, 0)
+  images = ctx.dataset.test_images[:3].astype(np.float32) / 255
+  # conv1's feature maps (conv + bias, before pooling and the activation)
+  pads = arch.conv_pads(res.config.model.kernel_size[0], res.config.model.padding[0])
+  maps = np.asarray(jax.lax.conv_general_dilated(
+      images, res.params['block1_conv1']['kernel'], (1, 1), (pads, pads),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + res.params['block1_conv1']['bias'])
   fig, axes = plt.subplots(len(images), channels + 1, figsize=(1.4 * (channels + 1), 4.4))
   for i in range(len(images)):
     axes[i, 0].imshow(images[i, :, :, 0], cmap='gray')

@@ -30,6 +30,17 @@ KERNEL_INITS = {
 }
 
 
+def pool(x, kind: str, size: int, conv_fn):
+  """size x size pooling with stride size, in the layout that `conv_fn` implies."""
+  if conv_fn is native.native_conv and kind == 'max' and size <= native.MAX_POOL_WINDOW:
+    return native.max_pool(x, size)  # CHWN: the channels are independent problems
+  if conv.is_batch_minor(conv_fn):
+    # reshape-and-reduce: its gradient avoids select-and-scatter
+    return conv.window_pool(x, size, kind)
+  pool_fn = nn.max_pool if kind == 'max' else nn.avg_pool
+  return pool_fn(x, (size, size), strides=(size, size))
+
+
 class Conv(nn.Module):
   """A stride-1 convolution with nn.Conv's parameters ('kernel' HWIO, 'bias') in any layout."""
   features: int
@@ -38,10 +49,11 @@ class Conv(nn.Module):
   kernel_init: Callable
   conv_fn: Callable = jax.lax.conv_general_dilated
   layout: str = 'NHWC'  # or 'CHWN'
-  # Return (conv, bias) unsummed, for a caller that max-pools first: a
-  # per-channel bias commutes with max pooling, max(x + b) = max(x) + b, so
-  # adding it after the pool touches a quarter of the values.
-  bias_after_pool: bool = False
+  # > 0: max-pool the convolution with this window before adding the bias.
+  # A per-channel bias commutes with max pooling, max(x + b) = max(x) + b, so
+  # it touches a quarter of the values; the native path fuses conv and pool
+  # and never stores the full-size convolution.
+  max_pool_window: int = 0
 
   @nn.compact
   def __call__(self, x):
@@ -49,11 +61,15 @@ class Conv(nn.Module):
     kernel = self.param('kernel', self.kernel_init,
                         (k, k, x.shape[channel_axis], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    y = self.conv_fn(x, kernel.astype(x.dtype), window_strides=(1, 1),
-                     padding=(self.pads, self.pads),
-                     dimension_numbers=(self.layout, 'HWIO', self.layout))
-    bias = bias.reshape([-1 if a == channel_axis else 1 for a in range(4)])
-    return (y, bias) if self.bias_after_pool else y + bias
+    kernel, window = kernel.astype(x.dtype), self.max_pool_window
+    if window and self.conv_fn is native.native_conv and window <= native.MAX_POOL_WINDOW:
+      y = native.conv_max_pool(x, kernel, (self.pads, self.pads), window)  # CHWN
+    else:
+      y = self.conv_fn(x, kernel, window_strides=(1, 1), padding=(self.pads, self.pads),
+                       dimension_numbers=(self.layout, 'HWIO', self.layout))
+      if window:
+        y = pool(y, 'max', window, self.conv_fn)
+    return y + bias.reshape([-1 if a == channel_axis else 1 for a in range(4)])
 
 
 class LeNet5(nn.Module):
@@ -86,9 +102,8 @@ class LeNet5(nn.Module):
         # and the activation touches a quarter of the values.
         pool_first = last and cfg.pool == 'max' and cfg.activation in MONOTONE
         if pool_first and cfg.normalization == 'none' and cfg.conv_reduction == 'sum':
-          y, bias = Conv(features, kernel, pads, kernel_init, conv_fn, layout,
-                         bias_after_pool=True, name=arch.conv_name(b, c))(x)
-          x = act(self._pool(y, conv_fn) + bias)
+          x = act(Conv(features, kernel, pads, kernel_init, conv_fn, layout,
+                       max_pool_window=cfg.pool_size, name=arch.conv_name(b, c))(x))
           continue
         x = Conv(features, kernel, pads, kernel_init, conv_fn, layout,
                  name=arch.conv_name(b, c))(x)
@@ -99,24 +114,14 @@ class LeNet5(nn.Module):
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis=channel_axis,
                            name=f'block{b}_bn{c}')(x)
         if pool_first:
-          x = act(self._pool(x, conv_fn))
+          x = act(pool(x, cfg.pool, cfg.pool_size, conv_fn))
         else:
           x = act(x)
           if last and cfg.pool != 'none':
-            x = self._pool(x, conv_fn)
+            x = pool(x, cfg.pool, cfg.pool_size, conv_fn)
     if layout == 'CHWN':
       x = x.transpose(3, 1, 2, 0)  # flatten in (H, W, C) order, as in NHWC
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(cfg.dense, start=1):
       x = act(nn.Dense(width, kernel_init=kernel_init, name=f'dense{i}')(x))
     return nn.Dense(cfg.num_classes, kernel_init=kernel_init, name='logits')(x)
-
-  def _pool(self, x, conv_fn):
-    size, kind = self.config.pool_size, self.config.pool
-    if conv_fn is native.native_conv and kind == 'max' and size <= native.MAX_POOL_WINDOW:
-      return native.max_pool(x, size)  # CHWN: the channels are independent problems
-    if conv.is_batch_minor(conv_fn):
-      # reshape-and-reduce: its gradient avoids select-and-scatter
-      return conv.window_pool(x, size, kind)
-    pool = nn.max_pool if self.config.pool == 'max' else nn.avg_pool
-    return pool(x, (size, size), strides=(size, size))

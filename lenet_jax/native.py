@@ -35,7 +35,8 @@ MAX_POOL_WINDOW = 15  # the winning tap is stored in one byte
 TARGETS = {'lenet_conv_forward': 'LenetConvForward',
            'lenet_conv_weight_grad': 'LenetConvWeightGrad',
            'lenet_max_pool_forward': 'LenetMaxPoolForward',
-           'lenet_max_pool_backward': 'LenetMaxPoolBackward'}
+           'lenet_max_pool_backward': 'LenetMaxPoolBackward',
+           'lenet_conv_max_pool_forward': 'LenetConvMaxPoolForward'}
 
 
 class NativeUnavailable(RuntimeError):
@@ -127,11 +128,8 @@ def _require():
 
 def _forward(x, w, pads):
   """x (..., Ci, H, W, N), w (..., kh, kw, Ci, Co) -> (..., Co, Ho, Wo, N)."""
-  (top, bottom), (left, right) = pads
-  kh, kw, _, cout = w.shape[-4:]
-  *lead, _, height, width, batch = x.shape
-  out_h, out_w = height + top + bottom - kh + 1, width + left + right - kw + 1
-  out = jax.ShapeDtypeStruct((*lead, cout, out_h, out_w, batch), x.dtype)
+  (top, _), (left, _) = pads
+  out = jax.ShapeDtypeStruct(_conv_shape(x.shape, w.shape, pads), x.dtype)
   return jax.ffi.ffi_call('lenet_conv_forward', out, vmap_method='broadcast_all')(
       x, w, pad_top=np.int64(top), pad_left=np.int64(left))
 
@@ -200,13 +198,66 @@ def _max_pool_fwd(x, window, shape):
   return y, arg
 
 
-def _max_pool_bwd(window, shape, arg, dy):
-  dx = jax.ffi.ffi_call('lenet_max_pool_backward', jax.ShapeDtypeStruct(shape, dy.dtype),
-                        vmap_method='broadcast_all')(dy, arg, window=np.int64(window))
-  return (dx,)
+def _max_pool_bwd(window, shape, taps, dy):
+  return (_unpool(dy, taps, window, shape),)
+
+
+def _unpool(dy, taps, window, shape):
+  """max pooling's gradient: dy at each window's winning tap, 0 elsewhere."""
+  return jax.ffi.ffi_call('lenet_max_pool_backward', jax.ShapeDtypeStruct(shape, dy.dtype),
+                          vmap_method='broadcast_all')(dy, taps, window=np.int64(window))
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def conv_max_pool(x, w, pads, window: int):
+  """`max_pool(conv_chwn(x, w, pads), window)` in one pass, for CHWN `x`.
+
+  The kernel computes each window's conv outputs in registers and writes only
+  their maximum and the winning tap, so the full-size convolution is never
+  stored; the gradient is the pool's (to the first maximum) through the conv's.
+  """
+  if x.dtype != jnp.float32 or w.dtype != jnp.float32:
+    raise NotImplementedError(f'native conv_max_pool computes in float32, not {x.dtype}.')
+  if not 1 <= window <= MAX_POOL_WINDOW:
+    raise ValueError(f'native max pooling takes windows of 1..{MAX_POOL_WINDOW}, not {window}.')
+  _require()
+  return _conv_max_pool(x, w, tuple(map(tuple, pads)), window)
+
+
+def _conv_shape(x_shape, w_shape, pads):
+  """The CHWN shape of the convolution of x with w."""
+  (top, bottom), (left, right) = pads
+  kh, kw, _, cout = w_shape[-4:]
+  *lead, _, height, width, batch = x_shape
+  return (*lead, cout, height + top + bottom - kh + 1, width + left + right - kw + 1, batch)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_max_pool(x, w, pads, window):
+  return _conv_max_pool_fwd(x, w, pads, window)[0]
+
+
+def _conv_max_pool_fwd(x, w, pads, window):
+  *lead, cout, conv_h, conv_w, batch = _conv_shape(x.shape, w.shape, pads)
+  out = (*lead, cout, conv_h // window, conv_w // window, batch)
+  (top, _), (left, _) = pads
+  y, taps = jax.ffi.ffi_call(
+      'lenet_conv_max_pool_forward',
+      (jax.ShapeDtypeStruct(out, x.dtype), jax.ShapeDtypeStruct(out, jnp.uint8)),
+      vmap_method='broadcast_all')(x, w, pad_top=np.int64(top), pad_left=np.int64(left),
+                                   window=np.int64(window))
+  return y, (x, w, taps)
+
+
+def _conv_max_pool_bwd(pads, window, residuals, dy):
+  x, w, taps = residuals
+  dconv = _unpool(dy, taps, window, _conv_shape(x.shape, w.shape, pads))
+  return _conv_bwd(pads, (x, w), dconv)
+
+
+_conv_max_pool.defvjp(_conv_max_pool_fwd, _conv_max_pool_bwd)
 
 
 def native_conv(lhs, rhs, window_strides=(1, 1), padding='VALID', lhs_dilation=None,

@@ -183,10 +183,45 @@ def test_native_max_pool_is_flax_max_pool_with_its_gradient_even_at_ties(shape, 
                                 jax.vmap(grad(reference))(models))
 
 
+@pytest.mark.parametrize('cin, cout, size, kernel, pads, window, batch', [
+    (1, 6, 28, 5, ((2, 2), (2, 2)), 2, 37),  # the note's conv1, 16-wide vectors and remainder
+    (6, 16, 14, 5, ((0, 0), (0, 0)), 2, 19),  # conv2: two blocks of 8 channels
+    (3, 20, 11, 3, ((1, 1), (1, 1)), 3, 16),  # 3 blocks of channels; an odd remainder row
+    (2, 5, 9, 4, ((1, 2), (0, 1)), 2, 5),  # even kernel, asymmetric pads
+    (2, 3, 8, 2, ((0, 0), (0, 0)), 1, 17),
+])
+def test_native_conv_max_pool_is_conv_then_max_pool(cin, cout, size, kernel, pads, window,
+                                                   batch):
+  """The fused kernel == XLA's conv, then Flax's max pool: values and gradients, vmapped."""
+  x = jax.random.normal(jax.random.key(0), (cin, size, size + 1, batch))  # CHWN
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, cin, cout))
+
+  def reference(x, w):
+    y = lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=conv.CHWN)
+    return nn.max_pool(y.transpose(3, 1, 2, 0), (window, window),
+                       strides=(window, window)).transpose(3, 1, 2, 0)
+  fused = lambda x, w: native.conv_max_pool(x, w, pads, window)
+  want = reference(x, w)
+  np.testing.assert_allclose(fused(x, w), want, rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(2), want.shape)
+  grads = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w) * cotangent), argnums=(0, 1))
+  for got, expected in zip(jax.jit(grads(fused))(x, w), grads(reference)(x, w)):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+  xs, ws = jnp.stack([x, -x]), jnp.stack([w, 2 * w])  # two models
+  np.testing.assert_allclose(jax.jit(jax.vmap(fused))(xs, ws), jax.vmap(reference)(xs, ws),
+                             rtol=1e-5, atol=1e-4)
+  model_grads = lambda f: jax.vmap(
+      jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))
+  for got, expected in zip(jax.jit(model_grads(fused))(xs, ws), model_grads(reference)(xs, ws)):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
 def test_native_max_pool_propagates_nan():
   for values in ([1., np.nan, 0., 2.], [np.nan, 1., 3., 2.], [1., 2., 3., np.nan]):
     x = jnp.array(values, jnp.float32).reshape(1, 2, 2, 1)
     assert np.isnan(native.max_pool(x, 2)).all()
+    # and through the fused conv + pool: a 1x1 identity kernel
+    assert np.isnan(native.conv_max_pool(x, jnp.ones((1, 1, 1, 1)), ((0, 0), (0, 0)), 2)).all()
 
 
 def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch, caplog):

@@ -64,6 +64,44 @@ struct Lanes<float> {
   static float Sum(float v) { return v; }
 };
 
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint8_t v16b __attribute__((vector_size(16)));
+
+// The types of one step over the batch: 16 images, or one of the remainder.
+struct VectorStep {
+  using V = v16;    // values
+  using I = v16i;   // tap indices
+  using B = v16b;   // tap indices as stored, one byte each
+  static constexpr int64_t kWidth = 16;
+};
+struct ScalarStep {
+  using V = float;
+  using I = int32_t;
+  using B = uint8_t;
+  static constexpr int64_t kWidth = 1;
+};
+
+template <class Step>
+typename Step::I LoadTaps(const uint8_t* p) {
+  if constexpr (Step::kWidth == 1) {
+    return *p;
+  } else {
+    typename Step::B bytes;
+    std::memcpy(&bytes, p, sizeof(bytes));
+    return __builtin_convertvector(bytes, typename Step::I);
+  }
+}
+
+template <class Step>
+void StoreTaps(uint8_t* p, typename Step::I taps) {
+  if constexpr (Step::kWidth == 1) {
+    *p = static_cast<uint8_t>(taps);
+  } else {
+    const auto bytes = __builtin_convertvector(taps, typename Step::B);
+    std::memcpy(p, &bytes, sizeof(bytes));
+  }
+}
+
 struct Shape {
   int64_t groups, ci, h, w, n, kh, kw, co, pt, pl, ho, wo;
 };
@@ -105,11 +143,10 @@ int64_t Groups(ffi::Buffer<ffi::F32>::Dimensions dims, size_t rank) {
 
 // ---------------------------------------------------------------- forward
 
-// y[c0:c0+COB, oh, ow, n0:n0+width] of one group.
+// acc[c] = y[c0 + c, oh, ow, n0:n0+width] of one group, c < COB.
 template <class V, int COB>
-void ForwardTile(const Shape& s, const float* x, const float* w, float* y,
-                 int64_t oh, int64_t ow, int64_t n0, int64_t c0) {
-  V acc[COB];
+inline void ConvAt(const Shape& s, const float* x, const float* w, int64_t oh, int64_t ow,
+                   int64_t n0, int64_t c0, V (&acc)[COB]) {
   for (int c = 0; c < COB; ++c) acc[c] = V{};
   const int64_t channel_stride = s.h * s.w * s.n;
   for (int64_t i = 0; i < s.kh; ++i) {
@@ -126,6 +163,13 @@ void ForwardTile(const Shape& s, const float* x, const float* w, float* y,
       }
     }
   }
+}
+
+template <class V, int COB>
+void ForwardTile(const Shape& s, const float* x, const float* w, float* y,
+                 int64_t oh, int64_t ow, int64_t n0, int64_t c0) {
+  V acc[COB];
+  ConvAt<V, COB>(s, x, w, oh, ow, n0, c0, acc);
   const int64_t out_stride = s.ho * s.wo * s.n;
   float* yp = y + (c0 * s.ho + oh) * s.wo * s.n + ow * s.n + n0;
   for (int c = 0; c < COB; ++c) Lanes<V>::Store(yp + c * out_stride, acc[c]);
@@ -164,6 +208,68 @@ void ForwardRow(const Shape& s, const float* x, const float* w, float* y, int64_
       ForwardTiles<v16>(s, x, w, y, oh, ow, n0);
     for (int64_t n0 = vector_end; n0 < s.n; ++n0) ForwardTiles<float>(s, x, w, y, oh, ow, n0);
   }
+}
+
+// ------------------------------------------------- convolution + max pooling
+
+// The k x k max pooling of the convolution, without writing the convolution:
+// y[c, ph, pw, n] = max over the window's conv outputs, taps[...] = which
+// (i * k + j) won, with the first maximum and NaN rules of PoolForwardStep.
+// Here s.ho and s.wo are the pooled sizes.
+template <class Step, int COB>
+void ConvPoolTile(const Shape& s, int64_t k, const float* x, const float* w, float* y,
+                  uint8_t* taps, int64_t ph, int64_t pw, int64_t n0, int64_t c0) {
+  using V = typename Step::V;
+  using I = typename Step::I;
+  V best[COB], acc[COB];
+  I which[COB];
+  ConvAt<V, COB>(s, x, w, ph * k, pw * k, n0, c0, best);
+  for (int c = 0; c < COB; ++c) which[c] = I{} * 0;
+  for (int64_t t = 1; t < k * k; ++t) {
+    ConvAt<V, COB>(s, x, w, ph * k + t / k, pw * k + t % k, n0, c0, acc);
+    for (int c = 0; c < COB; ++c) {
+      const auto wins = (acc[c] > best[c]) | ((acc[c] != acc[c]) & (best[c] == best[c]));
+      best[c] = wins ? acc[c] : best[c];
+      which[c] = wins ? I{} * 0 + static_cast<int32_t>(t) : which[c];
+    }
+  }
+  const int64_t out_stride = s.ho * s.wo * s.n;
+  const int64_t at = (c0 * s.ho + ph) * s.wo * s.n + pw * s.n + n0;
+  for (int c = 0; c < COB; ++c) {
+    Lanes<V>::Store(y + at + c * out_stride, best[c]);
+    StoreTaps<Step>(taps + at + c * out_stride, which[c]);
+  }
+}
+
+constexpr int kMaxPooledChannels = 8;  // best, which and acc: 3 x 8 registers
+
+template <class Step, int... C>
+constexpr auto ConvPoolTable(std::integer_sequence<int, C...>) {
+  return std::array{&ConvPoolTile<Step, C + 1>...};
+}
+
+// One pooled row (g, ph).
+void ConvPoolRow(const Shape& s, int64_t k, const float* x, const float* w, float* y,
+                 uint8_t* taps, int64_t g, int64_t ph) {
+  static constexpr auto vector_table =
+      ConvPoolTable<VectorStep>(std::make_integer_sequence<int, kMaxPooledChannels>());
+  static constexpr auto scalar_table =
+      ConvPoolTable<ScalarStep>(std::make_integer_sequence<int, kMaxPooledChannels>());
+  x += g * s.ci * s.h * s.w * s.n;
+  w += g * s.kh * s.kw * s.ci * s.co;
+  y += g * s.co * s.ho * s.wo * s.n;
+  taps += g * s.co * s.ho * s.wo * s.n;
+  const int64_t blocks = (s.co + kMaxPooledChannels - 1) / kMaxPooledChannels;
+  const int64_t block = (s.co + blocks - 1) / blocks;
+  const int64_t vector_end = s.n - s.n % VectorStep::kWidth;
+  for (int64_t pw = 0; pw < s.wo; ++pw)
+    for (int64_t c0 = 0; c0 < s.co; c0 += block) {
+      const int64_t channels = std::min<int64_t>(block, s.co - c0);
+      for (int64_t n0 = 0; n0 < vector_end; n0 += VectorStep::kWidth)
+        vector_table[channels - 1](s, k, x, w, y, taps, ph, pw, n0, c0);
+      for (int64_t n0 = vector_end; n0 < s.n; ++n0)
+        scalar_table[channels - 1](s, k, x, w, y, taps, ph, pw, n0, c0);
+    }
 }
 
 // ---------------------------------------------------------- weight gradient
@@ -254,44 +360,6 @@ void WeightGradRows(const Shape& s, const float* x, const float* dy, float* part
 }
 
 // ------------------------------------------------------------- max pooling
-
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef uint8_t v16b __attribute__((vector_size(16)));
-
-// The types of one step over the batch: 16 images, or one of the remainder.
-struct VectorStep {
-  using V = v16;    // values
-  using I = v16i;   // tap indices
-  using B = v16b;   // tap indices as stored, one byte each
-  static constexpr int64_t kWidth = 16;
-};
-struct ScalarStep {
-  using V = float;
-  using I = int32_t;
-  using B = uint8_t;
-  static constexpr int64_t kWidth = 1;
-};
-
-template <class Step>
-typename Step::I LoadTaps(const uint8_t* p) {
-  if constexpr (Step::kWidth == 1) {
-    return *p;
-  } else {
-    typename Step::B bytes;
-    std::memcpy(&bytes, p, sizeof(bytes));
-    return __builtin_convertvector(bytes, typename Step::I);
-  }
-}
-
-template <class Step>
-void StoreTaps(uint8_t* p, typename Step::I taps) {
-  if constexpr (Step::kWidth == 1) {
-    *p = static_cast<uint8_t>(taps);
-  } else {
-    const auto bytes = __builtin_convertvector(taps, typename Step::B);
-    std::memcpy(p, &bytes, sizeof(bytes));
-  }
-}
 
 // Non-overlapping k x k windows of a (groups, H, W, N) array, pooled to
 // (groups, Ho, Wo, N) with Ho = H / k, Wo = W / k (a remainder is dropped).
@@ -432,6 +500,27 @@ ffi::Error WeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// x (..., Ci, H, W, N), w (..., kh, kw, Ci, Co) -> the max-pooled convolution
+// y (..., Co, Ho / k, Wo / k, N) and its winning taps (same shape, uint8).
+ffi::Error ConvPoolImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::U8> taps,
+                        int64_t pt, int64_t pl, int64_t k) {
+  Shape s;
+  if (auto e = ReadConvShape(x.dimensions(), w.dimensions(), y->dimensions(), pt, pl, &s);
+      e.failure())
+    return e;
+  if (k < 1 || k > 15)
+    return ffi::Error::InvalidArgument("conv + max pool: window must be 1..15");
+  const float* xp = x.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  uint8_t* tp = taps->typed_data();
+  ParallelFor(pool, s.groups * s.ho, [&](int64_t item) {
+    ConvPoolRow(s, k, xp, wp, yp, tp, item / s.ho, item % s.ho);
+  });
+  return ffi::Error::Success();
+}
+
 // x (..., H, W, N) -> y (..., Ho, Wo, N) and the winning taps (..., Ho, Wo, N) uint8.
 ffi::Error PoolForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::U8> taps,
@@ -496,4 +585,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetMaxPoolBackward, PoolBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("window"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LenetConvMaxPoolForward, ConvPoolImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U8>>()
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left")
                                   .Attr<int64_t>("window"));
