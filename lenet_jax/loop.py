@@ -156,10 +156,9 @@ def train_group(configs: list[Config], dataset: Dataset,
     data_keys.append(data_key)
 
   # On GPU/TPU one vmapped program trains the group. On one CPU device,
-  # stacked models train slower per model than one model at a time (their
-  # activations no longer fit in cache; README, Benchmark: 8 vmapped models
-  # at about three quarters of one model's rate), so the group shares one
-  # compiled single-model program and its members take turns, epoch by epoch.
+  # stacked models train a little slower per model than one model at a time
+  # (README, Benchmark), so the group shares one compiled single-model
+  # program and its members take turns, epoch by epoch.
   if vmap is None:
     vmap = jax.default_backend() != 'cpu' or jax.local_device_count() > 1
   stacked = len(configs) > 1 and vmap
