@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from flax import serialization
 
 from lenet_jax import config as config_lib
 from lenet_jax import data as data_lib
@@ -116,6 +118,31 @@ def accuracy(cfg: Config, params, images: np.ndarray, labels: np.ndarray,
   return int(jax.device_get(sums['correct'])) / len(labels)
 
 
+PARAMS_FILE = 'params.msgpack'  # a run's final parameters, beside its sweep files
+
+
+def _save_params(workdir: str, res: loop.RunResult) -> None:
+  path = os.path.join(sweep_lib.run_dir(workdir, res.config), PARAMS_FILE)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(serialization.msgpack_serialize(jax.device_get(res.params)))
+  os.replace(tmp, path)
+
+
+def _load_result(workdir: str, cfg: Config, row: dict[str, Any]) -> loop.RunResult | None:
+  """A finished run rebuilt from its files (params included), or None if any is missing."""
+  directory = sweep_lib.run_dir(workdir, cfg)
+  try:
+    with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
+      params = serialization.msgpack_restore(f.read())
+    with open(os.path.join(directory, 'metrics.jsonl')) as f:
+      history = [json.loads(line) for line in f]
+  except (OSError, ValueError):
+    return None
+  return loop.RunResult(cfg, status=row['status'], diverged_epoch=row.get('diverged_epoch'),
+                        history=history, params=params)
+
+
 def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
              dataset: data_lib.Dataset, workdir: str,
              extra: Callable[[loop.RunResult], dict[str, float]] | None = None,
@@ -123,14 +150,16 @@ def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
   """Trains every arm over the seeds; returns (rows, results), rows carrying 'arm'.
 
   Runs already in the workdir's results.jsonl (an earlier, interrupted
-  invocation of the same experiment) are taken from there, not trained again;
-  `results` holds only the runs trained now.
+  invocation of the same experiment) are taken from there, with their saved
+  final parameters, not trained again; a run whose files are incomplete is
+  trained again. Both lists come back in arm, then seed, order.
   """
   labelled = []
   for arm in arms:
-    cfg = config_lib.override(base_cfg, arm.overrides)
+    cfg = loop.with_input_shape(config_lib.override(base_cfg, arm.overrides), dataset)
     labelled.extend((arm.label, dataclasses.replace(cfg, seed=s)) for s in seeds)
-  label_of = {sweep_lib.run_id(loop.with_input_shape(c, dataset)): l for l, c in labelled}
+  order = {sweep_lib.run_id(c): i for i, (_, c) in enumerate(labelled)}
+  label_of = {sweep_lib.run_id(c): l for l, c in labelled}
   rows, results = [], []
   done = {}
   previous = os.path.join(workdir, 'results.jsonl')
@@ -139,11 +168,13 @@ def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
       done = {row['run_id']: row for row in map(json.loads, f)}
   todo = []
   for label, cfg in labelled:
-    row = done.get(sweep_lib.run_id(loop.with_input_shape(cfg, dataset)))
-    if row is not None and row.get('arm') == label:
-      rows.append(row)
-    else:
+    row = done.get(sweep_lib.run_id(cfg))
+    res = _load_result(workdir, cfg, row) if row and row.get('arm') == label else None
+    if res is None:
       todo.append(cfg)
+    else:
+      rows.append(row)
+      results.append(res)
   if rows:
     progress(f'{len(rows)} runs already in {previous}; training the other {len(todo)}')
   batches = sweep_lib.groups(todo, max_models=len(seeds))
@@ -152,6 +183,7 @@ def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
     group_results = loop.train_group(members, dataset)
     for res in group_results:
       row = sweep_lib.write_run(workdir, res)
+      _save_params(workdir, res)
       row['arm'] = label_of[row['run_id']]
       if extra and res.status == 'ok':
         row.update(extra(res))
@@ -162,6 +194,9 @@ def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
     progress(f'[{g}/{len(batches)}] {row["arm"]}: test acc '
              f"{stats.format_mean_std([r['test_acc'] for r in finished])} "
              f'({time.perf_counter() - start:.0f}s)')
+  rows.sort(key=lambda r: order[r['run_id']])
+  results.sort(key=lambda r: order[sweep_lib.run_id(r.config)])
+  sweep_lib.write_results(workdir, rows)
   return rows, results
 
 

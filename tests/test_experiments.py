@@ -7,6 +7,7 @@ computes its statistics and writes a complete report.
 import csv
 import importlib
 import os
+import re
 
 import pytest
 
@@ -37,6 +38,29 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
     assert all(r['status'] == 'ok' for r in rows)
     assert '95% CI' in text and '+-' in text
     assert len(os.listdir(workdir / 'runs')) == len(rows)
+
+
+def test_a_rerun_takes_finished_runs_and_their_parameters_from_the_workdir(idx_dir, tmp_path,
+                                                                          capsys):
+  """learned_kernels analyses final parameters: a resumed run must bring them back."""
+  data.load.cache_clear()
+  module = importlib.import_module('experiments.learned_kernels')
+  overrides = {'data.dataset': 'mnist', 'data.idx_dir': str(idx_dir),
+               'data.validation_size': 200}
+  workdir = tmp_path / 'learned_kernels'
+  first = common.run(module, str(workdir), quick=True, data_overrides=overrides)
+  runs = len((workdir / 'results.jsonl').read_text().splitlines())
+  # A run whose parameters were never saved (killed in between) is trained again.
+  forgotten = sorted((workdir / 'runs').glob(f'*/{common.PARAMS_FILE}'))[0]
+  forgotten.unlink()
+  capsys.readouterr()
+  second = common.run(module, str(workdir), quick=True, data_overrides=overrides)
+  assert f'{runs - 1} runs already in' in capsys.readouterr().out
+  assert forgotten.is_file()
+  def without_timings(text):  # the run time and the img/s cell before 'ok/runs'
+    text = re.sub(r'\| [\d,]+ \| (\d+/\d+) \|', r'| - | \1 |', text)
+    return [line for line in text.splitlines() if not line.startswith('Ran in')]
+  assert without_timings(second) == without_timings(first)
 
 
 def test_statistics_helpers():
