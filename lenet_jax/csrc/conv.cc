@@ -15,7 +15,10 @@
 //                                         x[g, ci, oh + i - pt, ow + j - pl, n]
 // The input gradient is ConvForward of dy with the flipped, transposed kernel
 // (built in Python). MaxPoolForward/Backward pool non-overlapping windows and
-// route the gradient to the first maximum of each, as XLA does.
+// route the gradient to the first maximum of each, as XLA does;
+// ConvMaxPoolForward is ConvForward then MaxPoolForward in one pass that never
+// stores the full-size convolution. Written with GCC vector extensions
+// (compiled with -march=native, so AVX-512 where the CPU has it).
 #include <algorithm>
 #include <array>
 #include <atomic>
