@@ -11,8 +11,9 @@ slices, reshapes and one matrix multiply, which XLA's CPU backend runs well:
   one feature group, any padding.
 * `window_pool` pools non-overlapping windows with a reshape and a reduction.
 
-`conv_impl(name)` picks the implementation per backend: on GPU/TPU the XLA
-convolution stays the default.
+`conv_impl(name)` picks the implementation: 'native' (C++ kernels through
+XLA's FFI, lenet_jax/native.py, the fastest on the CPU), 'patches' (here) or
+'xla'; 'auto' is native on the CPU and XLA's convolution on GPU/TPU.
 """
 import functools
 from collections.abc import Sequence
