@@ -116,8 +116,13 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_boolean('describe', False, 'Print the shape trace (output sizes, parameters, '
                        'multiply-adds, receptive field) and exit, without training.',
                        flag_values=fv)
-  flags.DEFINE_integer('max_models', 8, 'Most runs trained together in one vmapped program.',
+  flags.DEFINE_integer('max_models', 8, 'Most runs trained together in one compiled program.',
                        flag_values=fv)
+  flags.DEFINE_enum('group_mode', 'auto', ['auto', 'vmap', 'in_turn'],
+                    'How the runs of a group share their program: vmap (stacked, all at '
+                    'once), in_turn (one after another, epoch by epoch), auto (in turn on '
+                    'one CPU device, where it measured faster; vmap elsewhere).',
+                    flag_values=fv)
   flags.DEFINE_float('target_test_acc', None, 'Stop each group of runs after the first '
                      'epoch whose test accuracy reaches this (time-to-accuracy benchmarks; '
                      'never use it for model selection).', flag_values=fv)
@@ -214,7 +219,9 @@ def main(argv) -> int:
                                progress=lambda line: print(line, flush=True),
                                target_test_acc=FLAGS.target_test_acc,
                                num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
-                               tensorboard=FLAGS.tensorboard)
+                               tensorboard=FLAGS.tensorboard,
+                               vmap={'auto': None, 'vmap': True,
+                                     'in_turn': False}[FLAGS.group_mode])
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

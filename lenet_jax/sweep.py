@@ -241,7 +241,7 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
               progress: Callable[[str], None] | None = None,
               target_test_acc: float | None = None,
               num_shards: int = 1, shard_index: int = 0,
-              tensorboard: bool = True) -> list[dict[str, Any]]:
+              tensorboard: bool = True, vmap: bool | None = None) -> list[dict[str, Any]]:
   """Trains every run of `sweep` (or of one shard of it); returns one row per run.
 
   With a workdir, the sweep can be interrupted at any moment and re-run with
@@ -251,6 +251,7 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
   A shard writes results.shard-I-of-N.{csv,jsonl}; `merge` gathers the shards.
   With `target_test_acc`, a group stops after the first epoch in which all its
   live runs reach that test accuracy (for time-to-accuracy benchmarks).
+  `vmap` is passed to `loop.train_group` (None: per backend).
   """
   configs = expand(sweep)
   for cfg in configs:  # every bad value fails here, before any training
@@ -296,7 +297,7 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
     checkpoint_dirs = ([os.path.join(run_dir(workdir, c), 'checkpoints') for c in members]
                        if workdir else None)
     results = loop.train_group(members, dataset, on_epoch, keep_params=False,
-                               checkpoint_dirs=checkpoint_dirs)
+                               vmap=vmap, checkpoint_dirs=checkpoint_dirs)
     for res in results:
       if res.status == 'diverged' and progress:
         progress(f'[{label}] seed {res.config.seed}: diverged (non-finite loss) in '

@@ -138,6 +138,24 @@ def test_a_sweep_end_to_end_writes_runs_and_a_table(idx_dir, tmp_path):
     assert {'train_loss', 'val_acc', 'test_acc', 'images_per_s', 'seconds'} <= set(epochs[0])
 
 
+def test_group_modes_train_the_same_runs(idx_dir, tmp_path):
+  """--group_mode=vmap (all at once) and in_turn give each run the same result."""
+  rows = {}
+  for mode in ('vmap', 'in_turn'):
+    workdir = tmp_path / mode
+    proc = _run('--dataset=mnist', f'--idx_dir={idx_dir}', '--validation_size=200',
+                '--channels=4,8', '--dense=16', '--epochs=2', '--batch_size=100',
+                '--seeds=2', '--learning_rate=1e-3,3e-3', f'--group_mode={mode}',
+                f'--workdir={workdir}', '--cache_dir=')
+    assert proc.returncode == 0, proc.stderr
+    with open(workdir / 'results.csv') as f:
+      rows[mode] = {r['run_id']: r for r in csv.DictReader(f)}
+  assert len(rows['vmap']) == 4 and rows['vmap'].keys() == rows['in_turn'].keys()
+  for run_id, row in rows['vmap'].items():
+    for key in ('train_loss', 'val_loss', 'test_loss'):
+      assert abs(float(row[key]) - float(rows['in_turn'][run_id][key])) < 1e-4, (key, row)
+
+
 def test_help_documents_the_sweep_syntax_and_every_flag():
   proc = _run('--help')  # absl exits with status 1 after printing help
   assert 'Sweep syntax' in proc.stdout
