@@ -173,10 +173,16 @@ def train_group(configs: list[Config], dataset: Dataset,
     stack = lambda states: jax.device_put(train.stack(states), shard_models)
     images, labels = jax.device_put((images, labels), replicate)
     splits = jax.device_put(splits, replicate)
-    epoch_fn = train.train_epoch_many.lower(stack(states), images, labels, keys_for(0),
-                                            base.batch_size).compile()
-    eval_fns = {name: train.evaluate_many.lower(stack(states), x, y,
-                                                base.eval_batch_size).compile()
+    if shard_models.mesh.size > 1:  # each device its own models, no communication
+      epoch_many, evaluate_many = train.many_over_devices(
+          shard_models.mesh, base.batch_size, base.eval_batch_size)
+      epoch_args, eval_args = (), ()
+    else:
+      epoch_many, evaluate_many = train.train_epoch_many, train.evaluate_many
+      epoch_args, eval_args = (base.batch_size,), (base.eval_batch_size,)
+    epoch_fn = epoch_many.lower(stack(states), images, labels, keys_for(0),
+                                *epoch_args).compile()
+    eval_fns = {name: evaluate_many.lower(stack(states), x, y, *eval_args).compile()
                 for name, (x, y) in splits.items()}
   else:
     batch_sharding, replicate = _batch_sharding(base.batch_size)
