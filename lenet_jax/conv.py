@@ -103,10 +103,6 @@ def _layout(lhs_shape, rhs_shape, dimension_numbers):
   return None
 
 
-def xla_conv(lhs, rhs, **kwargs):
-  return lax.conv_general_dilated(lhs, rhs, **kwargs)
-
-
 def conv_impl(name: str, backend: str | None = None):
   """Returns the conv_general_dilated to use for `name` on `backend`.
 
