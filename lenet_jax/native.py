@@ -6,8 +6,12 @@ dilation, one feature group, any padding, float32), like
 csrc/conv.cc vectorise over the batch of the CHWN layout and keep their sums
 in registers. Its gradient is a `jax.custom_vjp` whose input gradient is the
 same forward kernel run on the flipped kernel, and whose weight gradient is a
-second kernel. Both handlers take any leading axes as independent problems,
-so `jax.vmap` over models becomes one call.
+second kernel. `max_pool` pools non-overlapping windows, with the gradient
+going to each window's first maximum as XLA's does, and `conv_max_pool` is
+the two in one pass that never stores the full-size convolution (the model
+uses it wherever a conv is followed by max pooling). Every handler takes any
+leading axes as independent problems, so `jax.vmap` over models becomes one
+call.
 
 The library is compiled with the system's C++ compiler on first use (a few
 seconds, `-march=native`), into a cache directory keyed by the source, the
@@ -30,8 +34,9 @@ import numpy as np
 from jax import lax
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'conv.cc')
+# -w: XLA's FFI headers warn under GCC 12; the kernels' own code is clean.
 CXX_FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
-MAX_POOL_WINDOW = 15  # the winning tap is stored in one byte
+MAX_POOL_WINDOW = 15  # the winning tap, i * k + j < 15 * 15, is stored in one byte
 TARGETS = {'lenet_conv_forward': 'LenetConvForward',
            'lenet_conv_weight_grad': 'LenetConvWeightGrad',
            'lenet_max_pool_forward': 'LenetMaxPoolForward',
