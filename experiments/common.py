@@ -122,11 +122,8 @@ PARAMS_FILE = 'params.msgpack'  # a run's final parameters, beside its sweep fil
 
 
 def _save_params(workdir: str, res: loop.RunResult) -> None:
-  path = os.path.join(sweep_lib.run_dir(workdir, res.config), PARAMS_FILE)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(serialization.msgpack_serialize(jax.device_get(res.params)))
-  os.replace(tmp, path)
+  sweep_lib.atomic_write(os.path.join(sweep_lib.run_dir(workdir, res.config), PARAMS_FILE),
+                         serialization.msgpack_serialize(jax.device_get(res.params)))
 
 
 def _load_result(workdir: str, cfg: Config, row: dict[str, Any]) -> loop.RunResult | None:
@@ -154,12 +151,14 @@ def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
   final parameters, not trained again; a run whose files are incomplete is
   trained again. Both lists come back in arm, then seed, order.
   """
-  labelled = []
+  labelled = []  # (run_id, arm label, config) in arm, then seed, order
   for arm in arms:
     cfg = loop.with_input_shape(config_lib.override(base_cfg, arm.overrides), dataset)
-    labelled.extend((arm.label, dataclasses.replace(cfg, seed=s)) for s in seeds)
-  order = {sweep_lib.run_id(c): i for i, (_, c) in enumerate(labelled)}
-  label_of = {sweep_lib.run_id(c): l for l, c in labelled}
+    for s in seeds:
+      seeded = dataclasses.replace(cfg, seed=s)
+      labelled.append((sweep_lib.run_id(seeded), arm.label, seeded))
+  order = {run_id: i for i, (run_id, _, _) in enumerate(labelled)}
+  label_of = {run_id: label for run_id, label, _ in labelled}
   rows, results = [], []
   done = {}
   previous = os.path.join(workdir, 'results.jsonl')
@@ -167,8 +166,8 @@ def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
     with open(previous) as f:
       done = {row['run_id']: row for row in map(json.loads, f)}
   todo = []
-  for label, cfg in labelled:
-    row = done.get(sweep_lib.run_id(cfg))
+  for run_id, label, cfg in labelled:
+    row = done.get(run_id)
     res = _load_result(workdir, cfg, row) if row and row.get('arm') == label else None
     if res is None:
       todo.append(cfg)

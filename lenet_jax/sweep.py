@@ -114,10 +114,11 @@ def result_row(res: loop.RunResult) -> dict[str, Any]:
   return row
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, data: str | bytes) -> None:
+  """Writes `data` to `path` so that readers see the old file or the whole new one."""
   tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
+  with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -140,26 +141,26 @@ def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False) -> d
   """Writes a finished run's files; final.json last, since it marks the run done."""
   run_dir = os.path.join(workdir, 'runs', run_id(res.config))
   os.makedirs(run_dir, exist_ok=True)
-  _atomic_write(os.path.join(run_dir, 'config.json'),
+  atomic_write(os.path.join(run_dir, 'config.json'),
                 json.dumps(config_lib.to_dict(res.config), indent=2))
-  _atomic_write(os.path.join(run_dir, 'metrics.jsonl'),
+  atomic_write(os.path.join(run_dir, 'metrics.jsonl'),
                 ''.join(json.dumps(h) + '\n' for h in res.history))
   row = result_row(res)
   if tensorboard:
     summaries.write_run(os.path.join(run_dir, 'tensorboard'), res.history, row)
-  _atomic_write(os.path.join(run_dir, 'final.json'), json.dumps(row, indent=2))
+  atomic_write(os.path.join(run_dir, 'final.json'), json.dumps(row, indent=2))
   return row
 
 
 def write_results(workdir: str, rows: list[dict[str, Any]], name: str = 'results') -> None:
-  _atomic_write(os.path.join(workdir, f'{name}.jsonl'),
+  atomic_write(os.path.join(workdir, f'{name}.jsonl'),
                 ''.join(json.dumps(r) + '\n' for r in rows))
   columns = list(dict.fromkeys(k for r in rows for k in r))
   buf = io.StringIO()
   writer = csv.DictWriter(buf, columns)
   writer.writeheader()
   writer.writerows(rows)
-  _atomic_write(os.path.join(workdir, f'{name}.csv'), buf.getvalue())
+  atomic_write(os.path.join(workdir, f'{name}.csv'), buf.getvalue())
 
 
 def claim_workdir(workdir: str, sweep: Sweep) -> None:
@@ -184,7 +185,7 @@ def claim_workdir(workdir: str, sweep: Sweep) -> None:
                          f'(see {path}); use a new --workdir for this one, or the '
                          'same flags as before to resume that sweep.')
     return
-  _atomic_write(path, described)
+  atomic_write(path, described)
 
 
 def merge(sweep: Sweep, workdir: str) -> tuple[list[dict[str, Any]], list[Config]]:
