@@ -30,9 +30,14 @@ KERNEL_INITS = {
 }
 
 
+def _native_max_pool(conv_fn, kind: str, size: int) -> bool:
+  """Whether this max pooling runs in the native kernels (alongside the native conv)."""
+  return conv_fn is native.native_conv and kind == 'max' and size <= native.MAX_POOL_WINDOW
+
+
 def pool(x, kind: str, size: int, conv_fn):
   """size x size pooling with stride size, in the layout that `conv_fn` implies."""
-  if conv_fn is native.native_conv and kind == 'max' and size <= native.MAX_POOL_WINDOW:
+  if _native_max_pool(conv_fn, kind, size):
     return native.max_pool(x, size)  # CHWN: the channels are independent problems
   if conv.is_batch_minor(conv_fn):
     # reshape-and-reduce: its gradient avoids select-and-scatter
@@ -62,7 +67,7 @@ class Conv(nn.Module):
                         (k, k, x.shape[channel_axis], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
     kernel, window = kernel.astype(x.dtype), self.max_pool_window
-    if window and self.conv_fn is native.native_conv and window <= native.MAX_POOL_WINDOW:
+    if window and _native_max_pool(self.conv_fn, 'max', window):
       y = native.conv_max_pool(x, kernel, (self.pads, self.pads), window)  # CHWN
     else:
       y = self.conv_fn(x, kernel, window_strides=(1, 1), padding=(self.pads, self.pads),

@@ -146,6 +146,13 @@ int64_t Groups(ffi::Buffer<ffi::F32>::Dimensions dims, size_t rank) {
 
 // ---------------------------------------------------------------- forward
 
+// Output channels per register block, at most `most`, in equal blocks: 16
+// channels with room for 12 run as 8 + 8 rather than 12 + 4.
+int64_t ChannelBlock(int64_t channels, int64_t most) {
+  const int64_t blocks = (channels + most - 1) / most;
+  return (channels + blocks - 1) / blocks;
+}
+
 // acc[c] = y[c0 + c, oh, ow, n0:n0+width] of one group, c < COB.
 template <class V, int COB>
 inline void ConvAt(const Shape& s, const float* x, const float* w, int64_t oh, int64_t ow,
@@ -190,9 +197,7 @@ void ForwardTiles(const Shape& s, const float* x, const float* w, float* y,
                   int64_t oh, int64_t ow, int64_t n0) {
   static constexpr auto table =
       ForwardTable<V>(std::make_integer_sequence<int, kMaxForwardChannels>());
-  // Equal blocks: 16 channels run as 8 + 8 rather than 12 + 4.
-  const int64_t blocks = (s.co + kMaxForwardChannels - 1) / kMaxForwardChannels;
-  const int64_t block = (s.co + blocks - 1) / blocks;
+  const int64_t block = ChannelBlock(s.co, kMaxForwardChannels);
   for (int64_t c0 = 0; c0 < s.co; c0 += block) {
     const int64_t channels = std::min<int64_t>(block, s.co - c0);
     table[channels - 1](s, x, w, y, oh, ow, n0, c0);
@@ -262,8 +267,7 @@ void ConvPoolRow(const Shape& s, int64_t k, const float* x, const float* w, floa
   w += g * s.kh * s.kw * s.ci * s.co;
   y += g * s.co * s.ho * s.wo * s.n;
   taps += g * s.co * s.ho * s.wo * s.n;
-  const int64_t blocks = (s.co + kMaxPooledChannels - 1) / kMaxPooledChannels;
-  const int64_t block = (s.co + blocks - 1) / blocks;
+  const int64_t block = ChannelBlock(s.co, kMaxPooledChannels);
   const int64_t vector_end = s.n - s.n % VectorStep::kWidth;
   for (int64_t pw = 0; pw < s.wo; ++pw)
     for (int64_t c0 = 0; c0 < s.co; c0 += block) {
