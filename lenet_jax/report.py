@@ -1,0 +1,610 @@
+"""The report of a sweep's workdir: configurations, paired comparisons, verdicts, plots.
+
+  python -m lenet_jax.report WORKDIR --baseline='channels=6,16' [--metric=test_acc]
+      [--tune=learning_rate --select_on=val_acc] [--margin=0.005] [--alpha=0.05] [--out=DIR]
+
+A configuration is one value of every swept field (sweep.json's axes; for a
+workdir without one, the config fields that vary between runs); its runs are
+its seeds. Every configuration is compared with the baseline on `--metric`
+by a paired t test on the per-seed differences (runs of the same seed), the
+comparisons corrected together with Holm, and an equivalence test (TOST)
+against `--margin`; `stats.compare` has the rules. With `--tune`, each
+configuration first picks the value of the tuned field with the best mean
+`--select_on` (validation, never test) over its seeds.
+
+Writes report.md, curves.png and forest.png to --out (default
+WORKDIR/report) and prints report.md. The functions below are pure (rows in,
+tables out) except `load_rows`, `load_curves` and `main`.
+"""
+import argparse
+import collections
+import dataclasses
+import glob
+import json
+import math
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lenet_jax import cli
+from lenet_jax import stats
+
+# Row keys that describe a run rather than measure it; never metrics.
+RUN_FACTS = ('run_id', 'status', 'diverged_epoch', 'params', 'flops', 'epochs_run',
+             'train_seconds', 'compile_seconds', 'seed', 'batch_size', 'eval_batch_size',
+             'epochs')
+
+
+# ----------------------------------------------------------------------------
+# Loading
+
+
+def load_rows(workdir: str) -> list[dict[str, Any]]:
+  """The rows of WORKDIR/results.jsonl, one per finished run."""
+  if not os.path.isdir(workdir):
+    raise ValueError(f'workdir {workdir!r} does not exist; give the --workdir a sweep wrote '
+                     '(python run.py ... --workdir=DIR).')
+  path = os.path.join(workdir, 'results.jsonl')
+  if not os.path.isfile(path):
+    shards = sorted(glob.glob(os.path.join(workdir, 'results.shard-*.jsonl')))
+    if shards:
+      raise ValueError(f'{workdir} holds shard results ({", ".join(map(os.path.basename, shards))}) '
+                       'but no results.jsonl; gather them first: python run.py <the sweep\'s '
+                       'flags> --merge.')
+    raise ValueError(f'{workdir} has no results.jsonl, so no run has finished there; run '
+                     f'python run.py ... --workdir={workdir} first.')
+  rows = []
+  with open(path) as f:
+    for number, line in enumerate(f, start=1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except ValueError as e:
+          raise ValueError(f'{path} line {number} is not JSON ({e}); rewrite the file with '
+                           'python run.py <the sweep\'s flags> --merge.') from e
+  if not rows:
+    raise ValueError(f'{path} is empty; no run has finished in {workdir} yet.')
+  return rows
+
+
+def swept_fields(workdir: str, rows: list[dict[str, Any]]) -> list[str]:
+  """The config keys a configuration is made of: sweep.json's axes, else what varies."""
+  path = os.path.join(workdir, 'sweep.json')
+  if os.path.isfile(path):
+    with open(path) as f:
+      return [k for k in json.load(f)['axes'] if any(k in r for r in rows)]
+  keys = dict.fromkeys(k for r in rows for k in r if k in cli.FIELDS)
+  return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
+
+
+def load_curves(workdir: str, runs: Sequence[dict[str, Any]], key: str
+                ) -> tuple[list[list[float]], list[str]]:
+  """Per run, `key` per epoch from runs/<id>/metrics.jsonl; and the ids that have none."""
+  curves, missing = [], []
+  for row in runs:
+    path = os.path.join(workdir, 'runs', row['run_id'], 'metrics.jsonl')
+    try:
+      with open(path) as f:
+        epochs = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+      missing.append(row['run_id'])
+      continue
+    curves.append([float(e.get(key, math.nan)) for e in epochs])
+  return curves, missing
+
+
+# ----------------------------------------------------------------------------
+# Values, selectors and configurations
+
+
+def _plain(value: Any) -> Any:
+  """Floats rounded to 12 significant digits, so 0.001 from a flag equals 0.001 from JSON."""
+  if isinstance(value, float):
+    return float(f'{value:.12g}')
+  if isinstance(value, tuple):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def canonical(key: str, value: Any) -> Any:
+  """One comparable form of a field's value, whether from a row, sweep.json or a flag.
+
+  Rows store per-block fields as "6,16" strings and sweep.json as lists; both
+  become the tuples the flag parser makes. Floats are rounded (`_plain`).
+  """
+  if key in cli.FIELDS and cli.is_tuple_field(key):
+    if isinstance(value, (list, tuple)):
+      value = ','.join(map(str, value))
+    [value] = cli.parse_values(key, ['' if value is None else str(value)])
+  return _plain(value)
+
+
+def show(value: Any) -> str:
+  """A value as the command line writes it: 6,16 and 0.001."""
+  if isinstance(value, tuple):
+    return ','.join(show(v) for v in value) or 'none'
+  if isinstance(value, float):
+    return f'{value:g}'
+  return str(value)
+
+
+def field_key(name: str, swept: Sequence[str], flag: str) -> str:
+  """The config key of a flag name ('channels' -> 'model.channels'), which must be swept."""
+  names = ', '.join(cli.flag_name(k) for k in swept) or '(none: every run has the same config)'
+  key = name if name in cli.FIELDS else next(
+      (k for k in cli.FIELDS if cli.flag_name(k) == name), None)
+  if key is None:
+    raise ValueError(f'{flag}: unknown field {name!r}; the swept fields are: {names}.')
+  if key not in swept:
+    raise ValueError(f'{flag}: {name} is not swept in this workdir (every run has the same '
+                     f'{name}); name a swept field: {names}.')
+  return key
+
+
+def parse_selector(text: str, swept: Sequence[str], flag: str = '--baseline') -> dict[str, Any]:
+  """'channels=6,16;learning_rate=0.001' -> {'model.channels': (6, 16), ...}, as run.py parses."""
+  out = {}
+  for part in text.split(';'):
+    if not part.strip():
+      continue
+    name, sep, value = part.partition('=')
+    if not sep:
+      raise ValueError(f'{flag}={text!r}: {part.strip()!r} is not NAME=VALUE; write e.g. '
+                       f"{flag}='channels=6,16;learning_rate=0.001'.")
+    key = field_key(name.strip(), swept, flag)
+    try:
+      values = cli.parse_values(key, [value.strip()])
+    except ValueError as e:
+      raise ValueError(f'{flag}={text!r}: {e}') from e
+    if len(values) != 1:
+      raise ValueError(f'{flag}={text!r} gives {len(values)} values of {name.strip()}; a '
+                       'baseline is one configuration, so give one value.')
+    out[key] = canonical(key, values[0])
+  if not out:
+    raise ValueError(f"{flag}={text!r} names no field; write e.g. {flag}='channels=6,16'.")
+  return out
+
+
+@dataclasses.dataclass
+class Group:
+  """One configuration and its runs (diverged ones included)."""
+  values: dict[str, Any]  # swept config key -> canonical value
+  runs: list[dict[str, Any]]
+  chosen: dict[str, Any] | None = None  # with tuning: the tuned key -> the value picked
+  candidates: dict[Any, 'Group'] | None = None  # with tuning: tuned value -> its runs
+
+  @property
+  def label(self) -> str:
+    return '; '.join(f'{cli.flag_name(k)}={show(v)}' for k, v in self.values.items()) or 'all runs'
+
+  def ok(self) -> list[dict[str, Any]]:
+    return [r for r in self.runs if r['status'] == 'ok']
+
+  def matches(self, selector: dict[str, Any]) -> bool:
+    return all(self.values.get(k) == v for k, v in selector.items())
+
+
+def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[Group]:
+  """Rows grouped by their values of `fields`, in order of first appearance."""
+  groups: dict[tuple, Group] = {}
+  for row in rows:
+    values = {k: canonical(k, row.get(k)) for k in fields}
+    key = tuple(values.values())
+    group = groups.setdefault(key, Group(values, []))
+    twin = next((r for r in group.runs if r.get('seed') == row.get('seed')), None)
+    if twin is not None:
+      raise ValueError(f'configuration {group.label} has two runs with seed {row.get("seed")} '
+                       f'({twin["run_id"]} and {row["run_id"]}), so runs cannot be paired by '
+                       'seed; report on a workdir that holds one sweep.')
+    group.runs.append(row)
+  return list(groups.values())
+
+
+def find_baseline(groups: Sequence[Group], selector: dict[str, Any], text: str) -> Group:
+  """The one configuration the selector names."""
+  found = [g for g in groups if g.matches(selector)]
+  if len(found) == 1:
+    return found[0]
+  if not found:
+    raise ValueError(f'--baseline={text!r} matches no configuration; the configurations '
+                     f'are: {", ".join(repr(g.label) for g in groups)}.')
+  missing = [k for k in groups[0].values if k not in selector]
+  raise ValueError(f'--baseline={text!r} matches {len(found)} configurations '
+                   f'({", ".join(repr(g.label) for g in found)}); name '
+                   f'{", ".join(cli.flag_name(k) for k in missing)} as well (separated by '
+                   f"';'), or tune over it with --tune.")
+
+
+def higher_is_better(metric: str) -> bool:
+  return 'loss' not in metric
+
+
+def metric_names(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """Keys that hold a measured number in the finished rows."""
+  ok = [r for r in rows if r.get('status') == 'ok'] or list(rows)
+  keys = dict.fromkeys(k for r in ok for k in r)
+  return [k for k in keys
+          if k not in RUN_FACTS and k not in cli.FIELDS and '.' not in k and all(
+              isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+              for r in ok if k in r)]
+
+
+def check_metric(metric: str, rows: Sequence[dict[str, Any]], flag: str) -> None:
+  names = metric_names(rows)
+  if metric not in names:
+    raise ValueError(f'{flag}={metric!r} is not a metric of these runs; choose one of '
+                     f'{", ".join(names)}.')
+
+
+def _mean(values: Sequence[float]) -> float:
+  return sum(values) / len(values) if values else math.nan
+
+
+def check_select_on(select_on: str) -> None:
+  if select_on.startswith('test'):
+    raise ValueError(f'--select_on={select_on} would select on the test set, which makes '
+                     'every test number after it optimistic; select on validation: '
+                     '--select_on=val_acc or --select_on=val_loss.')
+
+
+def tune(groups: Sequence[Group], tuned: str, select_on: str) -> list[Group]:
+  """Groups of the other fields; each takes the runs of the tuned value with the best
+  mean `select_on` over seeds (`chosen`), or none (`chosen` None) if no value is eligible.
+
+  A value is eligible only if every one of its runs finished: a setting that
+  diverges on some seeds is not a good choice, and averaging its survivors
+  would flatter it. Ties go to the value first in sweep order.
+  """
+  check_select_on(select_on)
+  better = max if higher_is_better(select_on) else min
+  merged: dict[tuple, Group] = {}
+  for g in groups:
+    values = {k: v for k, v in g.values.items() if k != tuned}
+    out = merged.setdefault(tuple(values.values()), Group(values, [], candidates={}))
+    out.candidates[g.values[tuned]] = g
+  for out in merged.values():
+    eligible = {v: _mean([r[select_on] for r in g.runs])
+                for v, g in out.candidates.items() if g.runs and len(g.ok()) == len(g.runs)}
+    if eligible:
+      value = better(eligible, key=eligible.get)
+      out.chosen = {tuned: value}
+      out.runs = out.candidates[value].runs
+  return list(merged.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+  """A configuration's runs matched by seed with the baseline's, on one metric."""
+  group: Group
+  seeds: list[int]
+  values: list[float]
+  baseline_values: list[float]
+  note: str  # how the pairs were made, when not all seeds of both
+
+
+def pair(group: Group, baseline: Group, metric: str) -> Pairing:
+  """Runs of the same seed that both finished with a finite metric."""
+  def finished(g):
+    return {r['seed']: float(r[metric]) for r in g.ok()
+            if r.get(metric) is not None and math.isfinite(float(r[metric]))}
+  mine, theirs = finished(group), finished(baseline)
+  seeds = sorted(set(mine) & set(theirs))
+  all_seeds = {r['seed'] for r in group.runs} | {r['seed'] for r in baseline.runs}
+  reasons = []
+  for g, name in ((group, 'this configuration'), (baseline, 'the baseline')):
+    ran = {r['seed'] for r in g.runs}
+    done = finished(g)
+    absent = sorted(all_seeds - ran)
+    failed = sorted(ran - set(done))
+    if absent:
+      reasons.append(f'seed(s) {_seeds(absent)} not run in {name}')
+    if failed:
+      reasons.append(f'seed(s) {_seeds(failed)} without a finite {metric} in {name}')
+  note = (f'paired on {len(seeds)} common seed(s) of {len(all_seeds)}: ' + '; '.join(reasons)
+          if reasons else '')
+  return Pairing(group, seeds, [mine[s] for s in seeds], [theirs[s] for s in seeds], note)
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+  return ', '.join(map(str, seeds))
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  pairing: Pairing
+  comparison: stats.Comparison | None  # None: fewer than 2 pairs
+
+
+def compare_to_baseline(groups: Sequence[Group], baseline: Group, metric: str, margin: float,
+                        alpha: float) -> list[Result]:
+  """Every other configuration against the baseline; Holm over those with 2+ pairs."""
+  pairings = [pair(g, baseline, metric) for g in groups if g is not baseline]
+  testable = [p for p in pairings if len(p.seeds) >= 2]
+  comparisons = stats.compare([stats.paired_t(p.values, p.baseline_values) for p in testable],
+                              margin, alpha) if testable else []
+  by_id = {id(p): c for p, c in zip(testable, comparisons)}
+  return [Result(p, by_id.get(id(p))) for p in pairings]
+
+
+# ----------------------------------------------------------------------------
+# Rendering
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ['| ' + ' | '.join(map(str, header)) + ' |',
+           '|' + '|'.join('---' for _ in header) + '|']
+  lines += ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
+  return '\n'.join(lines)
+
+
+def ci_cell(values: Sequence[float]) -> str:
+  """'mean +- std [lo, hi]', the 95% t interval of the mean over seeds."""
+  s = stats.summarise(values)
+  if s['n'] == 0:
+    return '-'
+  if s['n'] == 1:
+    return f"{s['mean']:.4f} (1 seed)"
+  return (f"{s['mean']:.4f} +- {s['std']:.4f} "
+          f"[{s['mean'] - s['ci95']:.4f}, {s['mean'] + s['ci95']:.4f}]")
+
+
+def configuration_table(groups: Sequence[Group], baseline: Group | None,
+                        metrics: Sequence[str]) -> str:
+  rows = []
+  for g in groups:
+    ok = g.ok()
+    name = g.label + (' (baseline)' if g is baseline else '')
+    first = g.runs[0]
+    rows.append([name, f'{len(ok)}/{len(g.runs)}'] +
+                [ci_cell([r[m] for r in ok if r.get(m) is not None]) for m in metrics] +
+                [f"{first['params']:,}", f"{first['flops'] / 1e6:.2f}"])
+  header = (['configuration', 'ok/runs'] +
+            [f'{m} mean +- std [95% CI]' for m in metrics] + ['params', 'MFLOPs/img'])
+  return markdown_table(header, rows)
+
+
+def tuning_table(groups: Sequence[Group], baseline: Group, tuned: str, select_on: str,
+                 metric: str) -> str:
+  name = cli.flag_name(tuned)
+  rows = []
+  for g in groups:
+    tried = '; '.join(
+        f'{show(v)}: {_mean([r[select_on] for r in c.ok()]):.4f} ({len(c.ok())}/{len(c.runs)} ok)'
+        for v, c in g.candidates.items())
+    rows.append([g.label + (' (baseline)' if g is baseline else ''),
+                 show(g.chosen[tuned]) if g.chosen else 'none', tried,
+                 ci_cell([r[metric] for r in g.ok() if r.get(metric) is not None])])
+  return markdown_table(['configuration', f'chosen {name}', f'mean {select_on} per {name}',
+                         f'{metric} of the chosen'], rows)
+
+
+def _percent(level: float) -> str:
+  return f'{100 * level:.4g}%'
+
+
+def _signed(x: float) -> str:
+  return f'{x:+.4f}'
+
+
+def _span(interval: tuple[float, float]) -> str:
+  return f'[{_signed(interval[0])}, {_signed(interval[1])}]'
+
+
+def comparison_table(results: Sequence[Result]) -> str:
+  rows = []
+  for res in results:
+    p, c = res.pairing, res.comparison
+    if c is None:
+      rows.append([p.group.label, len(p.seeds)] + ['-'] * 6 + ['not compared'])
+      continue
+    rows.append([p.group.label, len(p.seeds), _signed(c.test.estimate),
+                 _span(c.test.interval(0.95)), f'{_span(c.interval)} ({_percent(c.level)})',
+                 f'{c.p:.3g}', f'{c.p_holm:.3g}', f'{c.p_equivalent_holm:.3g}',
+                 f'**{c.verdict}**'])
+  return markdown_table(['configuration', 'pairs', 'mean diff', '95% CI (uncorrected)',
+                         'Holm CI (level)', 'p', 'p (Holm)', 'TOST p (Holm)', 'verdict'], rows)
+
+
+def verdict_lines(results: Sequence[Result], metric: str) -> list[str]:
+  lines = []
+  for res in results:
+    p, c = res.pairing, res.comparison
+    if c is None:
+      lines.append(f'- {p.group.label}: not compared: {len(p.seeds)} seed(s) finished in both '
+                   'it and the baseline, and a paired test needs 2; run more seeds.')
+      continue
+    same = ' Every pair differs by the same amount.' if c.test.se == 0 else ''
+    lines.append(f'- {p.group.label}: **{c.verdict}**: {metric} {_signed(c.test.estimate)} '
+                 f'(Holm {_percent(c.level)} CI {_span(c.interval)}, {len(p.seeds)} paired seeds).'
+                 f'{same}')
+  return lines
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  workdir: str
+  baseline: str
+  metric: str = 'test_acc'
+  select_on: str = 'val_acc'
+  tune: str | None = None
+  margin: float = 0.005
+  alpha: float = 0.05
+  command: str = ''
+
+
+@dataclasses.dataclass
+class Report:
+  text: str
+  groups: list[Group]  # the compared configurations (tuned, with --tune)
+  baseline: Group
+  results: list[Result]
+
+
+def build(rows: Sequence[dict[str, Any]], fields: Sequence[str], opts: Options) -> Report:
+  """Every table and verdict of the report, from the rows; nothing is read or written."""
+  if not 0 < opts.alpha < 0.5:
+    raise ValueError(f'--alpha={opts.alpha} must be in (0, 0.5).')
+  if not opts.margin > 0:
+    raise ValueError(f'--margin={opts.margin} must be > 0, in units of --metric '
+                     '(0.005 is half a point of accuracy).')
+  check_select_on(opts.select_on)
+  check_metric(opts.metric, rows, '--metric')
+  check_metric(opts.select_on, rows, '--select_on')
+  tuned = field_key(opts.tune, fields, '--tune') if opts.tune else None
+  selector = parse_selector(opts.baseline, fields)
+  if tuned and tuned in selector:
+    raise ValueError(f'--baseline={opts.baseline!r} names {opts.tune}, the field --tune '
+                     'chooses; leave it out of the baseline.')
+  every = group_rows(rows, fields)
+  notes = []
+  merged = tune(every, tuned, opts.select_on) if tuned else every
+  baseline = find_baseline(merged, selector, opts.baseline)
+  if tuned and not baseline.chosen:
+    raise ValueError(f'the baseline {baseline.label} has no value of {opts.tune} that finished '
+                     'on every seed, so none can be chosen; pick another --baseline, or '
+                     'compare without --tune.')
+  compared = [g for g in merged if g.chosen] if tuned else every
+  notes += [f'{g.label}: no value of {opts.tune} finished on every seed, so nothing was '
+            'chosen and it is not compared.' for g in merged if tuned and not g.chosen]
+  results = compare_to_baseline(compared, baseline, opts.metric, opts.margin, opts.alpha)
+
+  for g in every:
+    for r in g.runs:
+      if r['status'] != 'ok':
+        notes.append(f'{g.label}: seed {r["seed"]} {r["status"]}'
+                     + (f' in epoch {r["diverged_epoch"]}' if r.get('diverged_epoch') else '')
+                     + ' (run ' + r['run_id'] + '); left out of every mean, pair and choice.')
+  notes += [f'{res.pairing.group.label}: {res.pairing.note}.' for res in results
+            if res.pairing.note]
+  if tuned and opts.metric == opts.select_on:
+    notes.append(f'--metric={opts.metric} is also what --tune selected on, so the chosen '
+                 'values look better on it than they would on fresh data.')
+
+  seeds = sorted({r['seed'] for r in rows})
+  statuses = ', '.join(f'{n} {s}' for s, n in collections.Counter(
+      r['status'] for r in rows).items())
+  first = rows[0]
+  swept = ', '.join(f'{cli.flag_name(k)} ({len({show(g.values[k]) for g in every})} '
+                    'values)' for k in fields) or 'nothing'
+  metrics = list(dict.fromkeys(['val_acc', 'test_acc', opts.metric]))
+  metrics = [m for m in metrics if m in metric_names(rows)]
+  m = sum(res.comparison is not None for res in results)
+  lines = [f'# Sweep report: {opts.workdir}', '', f'```\n{opts.command}\n```', '',
+           f'{len(rows)} runs in results.jsonl ({statuses}); swept: {swept}; '
+           f'seeds {", ".join(map(str, seeds))}; data {first.get("data.dataset", "?")}, '
+           f'{first.get("epochs", "?")} epoch(s).', '',
+           '## Configurations', '',
+           'Mean +- std over the seeds that finished, and the 95% Student-t interval of '
+           'the mean.', '',
+           configuration_table(every, None if tuned else baseline, metrics), '']
+  if tuned:
+    lines += [f'## Tuning {opts.tune} on {opts.select_on}', '',
+              f'For each configuration, the {opts.tune} with the best mean {opts.select_on} '
+              'over seeds, among the values that finished on every seed; the test set '
+              'plays no part in the choice.', '',
+              tuning_table(merged, baseline, tuned, opts.select_on, opts.metric), '']
+  lines += [f'## {opts.metric} against the baseline {baseline.label}', '',
+            f'Paired by seed: the difference (configuration - baseline) of each seed\'s '
+            f'{opts.metric}, a t test on those differences. Holm over the {m} '
+            f'comparison(s) below at family-wise alpha {opts.alpha:g}, for the difference '
+            f'and, separately, for equivalence (TOST) within +-{opts.margin:g}. '
+            '"different": the Holm interval excludes 0; "equivalent within +-m": the '
+            f'Holm (1 - 2 gamma) interval lies inside +-m; "different, but within +-m": '
+            'both; "inconclusive": neither.', '']
+  if results:
+    lines += [comparison_table(results), '', *verdict_lines(results, opts.metric), '']
+  else:
+    lines += ['(only the baseline: nothing to compare)', '']
+  if notes:
+    lines += ['## Notes', '', *[f'- {n}' for n in notes], '']
+  return Report('\n'.join(lines), compared, baseline, results)
+
+
+def write(report: Report, workdir: str, out: str, margin: float, metric: str) -> list[str]:
+  """Writes report.md and the plots into `out`; returns notes about the plots."""
+  from lenet_jax import plots  # pylint: disable=import-outside-toplevel
+  os.makedirs(out, exist_ok=True)
+  notes, figures = [], []
+  series = {}
+  for g in report.groups:
+    name = g.label + ''.join(f' (chosen {cli.flag_name(k)}={show(v)})'
+                             for k, v in (g.chosen or {}).items())
+    curves, missing = load_curves(workdir, g.ok(), 'val_acc')
+    if missing:
+      notes.append(f'{g.label}: no metrics.jsonl for run(s) {", ".join(missing)}; they are '
+                   'not in curves.png.')
+    if curves:
+      series[name] = curves
+  if series:
+    plots.learning_curves(series, os.path.join(out, 'curves.png'))
+    figures.append('![validation accuracy per epoch, mean +- 1 std over seeds](curves.png)')
+  compared = [r for r in report.results if r.comparison is not None]
+  if compared:
+    plots.forest([r.pairing.group.label for r in compared],
+                 [r.comparison.test.estimate for r in compared],
+                 [r.comparison.interval for r in compared],
+                 [r.comparison.verdict for r in compared], margin,
+                 os.path.join(out, 'forest.png'),
+                 f'{metric}: configuration - baseline (paired by seed)',
+                 f'against {report.baseline.label}; Holm-corrected intervals')
+    figures.append('![paired differences with Holm intervals and the margin](forest.png)')
+  text = report.text
+  if notes:
+    text += '\n' + '\n'.join(f'- {n}' for n in notes) + '\n'
+  if figures:
+    text += '\n## Plots\n\n' + '\n\n'.join(figures) + '\n'
+  with open(os.path.join(out, 'report.md'), 'w') as f:
+    f.write(text)
+  report.text = text
+  return notes
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='python -m lenet_jax.report',
+      description='Tables, paired comparisons with Holm and TOST, and plots for a sweep\'s '
+                  'workdir.')
+  parser.add_argument('workdir', help='the --workdir a sweep (python run.py ...) wrote')
+  parser.add_argument('--baseline', required=True,
+                      help="the configuration the others are compared with, in run.py's "
+                           "flag syntax: 'channels=6,16', several fields separated by ';'")
+  parser.add_argument('--metric', default='test_acc', help='what is compared (default test_acc)')
+  parser.add_argument('--tune', default=None,
+                      help='a swept field chosen per configuration on --select_on, e.g. '
+                           'learning_rate')
+  parser.add_argument('--select_on', default='val_acc',
+                      help='what --tune maximises (minimises for a loss); never test_*')
+  parser.add_argument('--margin', type=float, default=0.005,
+                      help='equivalence margin, in units of --metric, stated before looking')
+  parser.add_argument('--alpha', type=float, default=0.05, help='family-wise error rate')
+  parser.add_argument('--out', default=None, help='output directory (default WORKDIR/report)')
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = _parser().parse_args(argv)
+  opts = Options(args.workdir, args.baseline, args.metric, args.select_on, args.tune,
+                 args.margin, args.alpha, shlex.join(['python', '-m', 'lenet_jax.report', *argv]))
+  out = args.out or os.path.join(args.workdir, 'report')
+  try:
+    rows = load_rows(args.workdir)
+    report = build(rows, swept_fields(args.workdir, rows), opts)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  try:
+    write(report, args.workdir, out, args.margin, args.metric)
+  except OSError as e:
+    print(f'error: cannot write the report to --out={out} ({e.strerror}); choose another '
+          'directory.', file=sys.stderr)
+    return 2
+  print(report.text)
+  print(f'written to {out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
