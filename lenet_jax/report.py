@@ -73,8 +73,14 @@ def swept_fields(workdir: str, rows: list[dict[str, Any]]) -> list[str]:
   """The config keys a configuration is made of: sweep.json's axes, else what varies."""
   path = os.path.join(workdir, 'sweep.json')
   if os.path.isfile(path):
-    with open(path) as f:
-      return [k for k in json.load(f)['axes'] if any(k in r for r in rows)]
+    try:
+      with open(path) as f:
+        axes = json.load(f)['axes']
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise ValueError(f'{path} cannot be read as a sweep ({type(e).__name__}: {e}); it says '
+                       'which fields were swept. Restore it, or move it away to treat every '
+                       'config field that varies between runs as swept.') from None
+    return [k for k in axes if any(k in r for r in rows)]
   keys = dict.fromkeys(k for r in rows for k in r if k in cli.FIELDS)
   return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
 
@@ -436,10 +442,20 @@ class Options:
 
 @dataclasses.dataclass
 class Report:
-  text: str
+  body: str  # the markdown before the notes
+  notes: list[str]  # what was left out and why; `write` adds the plots' own
   groups: list[Group]  # the compared configurations (tuned, with --tune)
   baseline: Group
   results: list[Result]
+
+  def render(self, figures: Sequence[str] = ()) -> str:
+    """The whole report.md: body, notes, then the figures' markdown."""
+    text = self.body
+    if self.notes:
+      text += '\n## Notes\n\n' + '\n'.join(f'- {n}' for n in self.notes) + '\n'
+    if figures:
+      text += '\n## Plots\n\n' + '\n\n'.join(figures) + '\n'
+    return text
 
 
 def build(rows: Sequence[dict[str, Any]], fields: Sequence[str], opts: Options) -> Report:
@@ -508,32 +524,30 @@ def build(rows: Sequence[dict[str, Any]], fields: Sequence[str], opts: Options) 
   lines += [f'## {opts.metric} against the baseline {baseline.label}', '',
             f'Paired by seed: the difference (configuration - baseline) of each seed\'s '
             f'{opts.metric}, a t test on those differences. Holm over the {m} '
-            f'comparison(s) below at family-wise alpha {opts.alpha:g}, for the difference '
+            f'comparison(s) made at family-wise alpha {opts.alpha:g}, for the difference '
             f'and, separately, for equivalence (TOST) within +-{opts.margin:g}. '
             '"different": the Holm interval excludes 0; "equivalent within +-m": the '
             f'Holm (1 - 2 gamma) interval lies inside +-m; "different, but within +-m": '
             'both; "inconclusive": neither.', '']
   if results:
-    lines += [comparison_table(results), '', *verdict_lines(results, opts.metric), '']
+    lines += [comparison_table(results), '', *verdict_lines(results, opts.metric)]
   else:
-    lines += ['(only the baseline: nothing to compare)', '']
-  if notes:
-    lines += ['## Notes', '', *[f'- {n}' for n in notes], '']
-  return Report('\n'.join(lines), compared, baseline, results)
+    lines += ['(only the baseline: nothing to compare)']
+  return Report('\n'.join(lines) + '\n', notes, compared, baseline, results)
 
 
-def write(report: Report, workdir: str, out: str, margin: float, metric: str) -> list[str]:
-  """Writes report.md and the plots into `out`; returns notes about the plots."""
+def write(report: Report, workdir: str, out: str, margin: float, metric: str) -> str:
+  """Writes the plots and report.md into `out`; returns report.md's text."""
   from lenet_jax import plots  # pylint: disable=import-outside-toplevel
   os.makedirs(out, exist_ok=True)
-  notes, figures = [], []
+  figures = []
   series = {}
   for g in report.groups:
     name = g.label + ''.join(f' (chosen {cli.flag_name(k)}={show(v)})'
                              for k, v in (g.chosen or {}).items())
     curves, missing = load_curves(workdir, g.ok(), 'val_acc')
     if missing:
-      notes.append(f'{g.label}: no metrics.jsonl for run(s) {", ".join(missing)}; they are '
+      report.notes.append(f'{g.label}: no metrics.jsonl for run(s) {", ".join(missing)}; they are '
                    'not in curves.png.')
     if curves:
       series[name] = curves
@@ -550,15 +564,10 @@ def write(report: Report, workdir: str, out: str, margin: float, metric: str) ->
                  f'{metric}: configuration - baseline (paired by seed)',
                  f'against {report.baseline.label}; Holm-corrected intervals')
     figures.append('![paired differences with Holm intervals and the margin](forest.png)')
-  text = report.text
-  if notes:
-    text += '\n' + '\n'.join(f'- {n}' for n in notes) + '\n'
-  if figures:
-    text += '\n## Plots\n\n' + '\n\n'.join(figures) + '\n'
+  text = report.render(figures)
   with open(os.path.join(out, 'report.md'), 'w') as f:
     f.write(text)
-  report.text = text
-  return notes
+  return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -596,12 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   try:
-    write(report, args.workdir, out, args.margin, args.metric)
+    text = write(report, args.workdir, out, args.margin, args.metric)
   except OSError as e:
     print(f'error: cannot write the report to --out={out} ({e.strerror}); choose another '
           'directory.', file=sys.stderr)
     return 2
-  print(report.text)
+  print(text)
   print(f'written to {out}')
   return 0
 

@@ -72,7 +72,7 @@ def test_the_report_compares_every_configuration_with_the_baseline(sweep_dir, tm
                 'channels=4,8; learning_rate=0.003 | 3/3',
                 'channels=6,8; learning_rate=0.001 | 3/3', 'channels=6,8; learning_rate=0.003 | 3/3'):
     assert label in text, label
-  assert 'Holm over the 3 comparison(s)' in text
+  assert 'Holm over the 3 comparison(s) made' in text
 
   # The paired rows hold the t test of the per-seed differences in results.jsonl.
   rows = _rows(sweep_dir)
@@ -109,7 +109,7 @@ def test_tuning_selects_on_validation_and_reports_test(sweep_dir, tmp_path):
     assert f'| {best:g} |' in line, (line, val)
     assert report.ci_cell(test) in line
   assert '## test_acc against the baseline channels=4,8' in proc.stdout
-  assert 'Holm over the 1 comparison(s)' in proc.stdout
+  assert 'Holm over the 1 comparison(s) made' in proc.stdout
   assert _is_png(tmp_path / 'curves.png') and _is_png(tmp_path / 'forest.png')
 
 
@@ -140,12 +140,14 @@ def test_missing_seeds_are_paired_on_the_common_ones_and_diverged_runs_noted(swe
           in text)
   assert 'left out of every mean, pair and choice' in text
   assert 'channels=6,8; learning_rate=0.003: not compared: 1 seed(s) finished in both' in text
-  assert 'Holm over the 2 comparison(s)' in text  # the uncomparable one is not in the family
+  assert 'Holm over the 2 comparison(s) made' in text  # the uncomparable one is not in the family
 
 
 @pytest.mark.parametrize('args, message', [
     (['{missing}', '--baseline=channels=4,8'], "workdir '{missing}' does not exist"),
     (['{empty}', '--baseline=channels=4,8'], 'has no results.jsonl, so no run has finished'),
+    (['{corrupt}', '--baseline=channels=4,8'],
+     '{corrupt}/sweep.json cannot be read as a sweep (JSONDecodeError'),
     (['{sweep}', '--baseline=channels=5,5;learning_rate=1e-3'],
      "--baseline='channels=5,5;learning_rate=1e-3' matches no configuration; the "
      "configurations are: 'channels=4,8; learning_rate=0.001'"),
@@ -174,7 +176,11 @@ def test_missing_seeds_are_paired_on_the_common_ones_and_diverged_runs_noted(swe
 def test_bad_input_is_one_clear_message_and_exit_status_2(sweep_dir, tmp_path, capsys, args,
                                                          message):
   (tmp_path / 'empty').mkdir()
-  names = {'missing': tmp_path / 'nowhere', 'empty': tmp_path / 'empty', 'sweep': sweep_dir}
+  (tmp_path / 'corrupt').mkdir()
+  shutil.copy(sweep_dir / 'results.jsonl', tmp_path / 'corrupt')
+  (tmp_path / 'corrupt' / 'sweep.json').write_text('{"axes": ')  # cut off mid-write
+  names = {'missing': tmp_path / 'nowhere', 'empty': tmp_path / 'empty',
+           'corrupt': tmp_path / 'corrupt', 'sweep': sweep_dir}
   status = report.main([a.format(**names) for a in args] + [f'--out={tmp_path / "out"}'])
   err = capsys.readouterr().err
   assert status == 2, err
