@@ -22,4 +22,4 @@ cli.define_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(cli.main(argv)))
+  app.run(lambda argv: sys.exit(cli.main(argv)), flags_parser=cli.parse_flags)

@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 
 from experiments import EXPERIMENTS, common
+from lenet_jax import cli
 
 flags.DEFINE_boolean('quick', False, 'About a minute: 1 epoch on 2,048 examples, 2 seeds.')
 flags.DEFINE_string('workdir', None, 'Where the runs and report.md go '
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parse_flags)

@@ -29,6 +29,7 @@ from lenet_jax import data as data_lib
 from lenet_jax import loop
 from lenet_jax import stats
 from lenet_jax import sweep as sweep_lib
+from lenet_jax import validation
 from lenet_jax.config import Config
 
 FULL_SEEDS = (0, 1, 2, 3, 4)
@@ -343,7 +344,7 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
       dataset = quick_subset(dataset)
     for arm in arms:  # every arm is checked before anything trains
       cfg = loop.with_input_shape(config_lib.override(base_cfg, arm.overrides), dataset)
-      config_lib.validate(cfg)
+      validation.check_config(cfg)
     extra = module.extra(dataset) if hasattr(module, 'extra') else None
     rows, results = run_arms(arms, base_cfg, QUICK_SEEDS if quick else FULL_SEEDS,
                              dataset, workdir, extra)

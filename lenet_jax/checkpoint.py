@@ -16,14 +16,19 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lenet_jax import workdir
+
 # The two newest are kept: enough to fall back past one bad checkpoint.
 KEEP = 2
 
 
 def _arrays(state) -> dict[str, Any]:
-  """The parts of a TrainState that change during training (no functions)."""
-  return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
-          'model_state': state.model_state}
+  """The parts of a TrainState that change during training (no functions), and its key."""
+  arrays = {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
+            'model_state': state.model_state}
+  if getattr(state, 'key', None) is not None:  # the root of the dropout keys
+    arrays['key'] = state.key
+  return arrays
 
 
 class RunCheckpoints:
@@ -33,13 +38,27 @@ class RunCheckpoints:
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=KEEP, enable_async_checkpointing=False, create=True))
+            max_to_keep=KEEP, enable_async_checkpointing=False, create=True,
+            # a kill during a save leaves a temporary directory; the next process
+            # (which holds the workdir's lock) removes it
+            cleanup_tmp_directories=True))
 
   def save(self, epochs_done: int, state, history: list[dict[str, Any]]) -> None:
-    self._manager.save(epochs_done, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_arrays(state)),
-        history=ocp.args.JsonSave(history)), force=True)
-    self._manager.wait_until_finished()
+    """Saves the state after `epochs_done` epochs; SIGINT/SIGTERM wait until it is whole."""
+    with workdir.deferred_signals():
+      try:
+        self._manager.save(epochs_done, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_arrays(state)),
+            history=ocp.args.JsonSave(history)), force=True)
+        self._manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except
+        workdir.raise_if_disk_full(e, os.path.join(self.directory, str(epochs_done)))
+
+  def delete_after(self, epochs_done: int) -> None:
+    """Deletes the checkpoints of epochs after `epochs_done` (a resume point)."""
+    for step in self.epochs():
+      if step > epochs_done:
+        self._manager.delete(step)
 
   def epochs(self) -> list[int]:
     return sorted(self._manager.all_steps())

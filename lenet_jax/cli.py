@@ -14,11 +14,13 @@ import inspect
 import logging
 import os
 import re
+import signal
 import sys
 import types
 import typing
 
 from absl import flags
+from absl import logging as absl_logging
 
 from lenet_jax import config as config_lib
 
@@ -164,29 +166,62 @@ def _merge(sweep, sweep_lib) -> int:
   if not FLAGS.workdir:
     print('error: --merge needs the --workdir the shards wrote to.', file=sys.stderr)
     return 2
-  rows, missing = sweep_lib.merge(sweep, FLAGS.workdir)
+  if not os.path.isdir(FLAGS.workdir):
+    print(f'error: --workdir={FLAGS.workdir} does not exist, so there is nothing to merge; '
+          'give the --workdir the shards wrote to.', file=sys.stderr)
+    return 2
+  rows, missing, unreadable = sweep_lib.merge(sweep, FLAGS.workdir)
   print(sweep_lib.summary_table(rows))
-  print(f'\n{len(rows)} of {len(rows) + len(missing)} runs finished; '
-        f'results: {os.path.join(FLAGS.workdir, "results.csv")}')
+  print(f'\n{len(rows)} of {len(rows) + len(missing)} runs finished', end='')
+  print(f'; results: {os.path.join(FLAGS.workdir, "results.csv")}' if rows else
+        f'; none in {FLAGS.workdir}, so no results.csv was written', end='.\n')
+  for message in unreadable:
+    print(f'unreadable: {message}; run the sweep (or its shard) again to retrain it')
   for cfg in missing:
     print(f'missing: {sweep_lib.run_id(cfg)} (seed {cfg.seed})')
   return 1 if missing else 0
 
 
+def _check_run_flags() -> None:
+  """The flags that are not config fields; raises ValueError naming the bad one."""
+  if FLAGS.seeds < 1:
+    raise ValueError(f'--seeds={FLAGS.seeds} must be >= 1.')
+  acc = FLAGS.target_test_acc
+  if acc is not None and not 0 < acc <= 1:  # NaN fails this too
+    raise ValueError(f'--target_test_acc={acc} must be an accuracy in (0, 1].')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag a one-line error and exit status 2
+  (absl's own parser exits 1 with its usage text)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}. Run with --help to list the flags.', file=sys.stderr)
+    sys.exit(2)
+
+
+def _interrupted(signum, frame) -> None:
+  """SIGTERM (a scheduler's stop, `kill`) ends the sweep as Ctrl-C does."""
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv) -> int:
   """Runs what the flags ask for; returns the exit status."""
   # pylint: disable=import-outside-toplevel
-  from lenet_jax import arch, data, sweep as sweep_lib
+  from lenet_jax import arch, sweep as sweep_lib, validation, workdir as workdir_lib
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.',
           file=sys.stderr)
     return 2
   try:
+    _check_run_flags()
     sweep = sweep_from_flags()
     configs = sweep_lib.expand(sweep)  # input shapes from the datasets
     for cfg in configs:
-      config_lib.validate(cfg)
-    sweep_lib.shard(configs, FLAGS.max_models, FLAGS.num_shards, FLAGS.shard_index)
+      validation.check_config(cfg)
+    mine = sweep_lib.shard(configs, FLAGS.max_models, FLAGS.num_shards, FLAGS.shard_index)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -200,22 +235,24 @@ def main(argv) -> int:
         seen.add(model)
         print(arch.describe(model), end='\n\n')
     return 0
+  if not mine:
+    print(f'shard {FLAGS.shard_index} of {FLAGS.num_shards} has no runs: the sweep has '
+          f'{len(sweep_lib.groups(configs, FLAGS.max_models))} group(s) of runs, fewer than '
+          'the shards. Nothing to train; use fewer --num_shards.')
+    return 0
 
   import jax
-  # JAX logs a failed TPU probe at INFO on every CPU start; it is not news.
+  # JAX logs a failed TPU probe, and orbax every step of every checkpoint save,
+  # at INFO; neither is news. --verbosity=0 shows them.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  if not FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
   if FLAGS.cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.cache_dir)
+  print(f'{len(configs)} run(s), JAX backend {jax.default_backend()}', flush=True)
+  previous = signal.signal(signal.SIGTERM, _interrupted)
   try:
-    dataset = data.load(sweep.base.data)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f'{len(configs)} run(s) on {dataset.name} from {dataset.source} '
-        f'({len(dataset.train_images)} train, {len(dataset.val_images)} validation, '
-        f'{len(dataset.test_images)} test), JAX backend {jax.default_backend()}', flush=True)
-  try:
-    rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, dataset, FLAGS.max_models,
+    rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=FLAGS.max_models,
                                progress=lambda line: print(line, flush=True),
                                target_test_acc=FLAGS.target_test_acc,
                                num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
@@ -225,12 +262,19 @@ def main(argv) -> int:
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except workdir_lib.DiskFull as e:
+    print(f'error: {e.strerror}. Every run that finished is kept in {FLAGS.workdir}; '
+          'free some space there and run the same command again to resume.',
+          file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     where = (f'; every finished run and epoch checkpoint is in {FLAGS.workdir}: run the '
              'same command again to resume' if FLAGS.workdir else
              ' (no --workdir, so nothing was kept)')
     print(f'\ninterrupted{where}.', file=sys.stderr)
     return 130
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   print()
   print(sweep_lib.summary_table(rows))
   if len(rows) == 1:
@@ -238,5 +282,11 @@ def main(argv) -> int:
     print(f"\nstatus {r['status']}; validation accuracy {r['val_acc']}; "
           f"test accuracy {r['test_acc']}")
   if FLAGS.workdir:
-    print(f'\nresults: {os.path.join(FLAGS.workdir, "results.csv")}')
+    print(f'\nresults: {os.path.join(FLAGS.workdir, _results_name() + ".csv")}')
   return 0
+
+
+def _results_name() -> str:
+  if FLAGS.num_shards == 1:
+    return 'results'
+  return f'results.shard-{FLAGS.shard_index}-of-{FLAGS.num_shards}'

@@ -2,7 +2,8 @@
 
 A run is fully described by a `Config`; a sweep is a list of overrides of one
 (see `sweep.py`). Per-block model fields are tuples with one entry per conv
-block; `ModelConfig.blocks()` checks they agree.
+block; `ModelConfig.blocks()` checks they agree. `validation.check_config` holds
+every field to its rules.
 """
 import dataclasses
 from typing import Any
@@ -69,8 +70,8 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Which data, and where it comes from."""
-  dataset: str = 'fashion_mnist'  # mnist, fashion_mnist, kmnist, cifar10
-  validation_size: int = 5000  # carved from the training split, for selection
+  dataset: str = 'fashion_mnist'  # mnist, fashion_mnist, kmnist, cifar10, mnist_5k
+  validation_size: int | None = None  # carved from train, for selection; None: 5000 (mnist_5k 500)
   # 'auto': prepared TFDS data, else IDX files, else a TFDS download
   source: str = 'auto'  # auto, tfds, idx
   idx_dir: str | None = None  # directory of IDX files (else $LENET_JAX_IDX_DIR)
@@ -164,66 +165,3 @@ def from_dict(d: dict[str, Any]) -> Config:
                 optim=tuples(OptimConfig, d.get('optim', {})),
                 data=tuples(DataConfig, d.get('data', {})),
                 **{k: v for k, v in d.items() if k not in ('model', 'optim', 'data')})
-
-
-def validate(config: Config) -> None:
-  """Raises ValueError naming the bad value and the fix: bad choices, non-positive
-  sizes, a learning rate <= 0, an architecture whose maps vanish, the native
-  convolution where it cannot run. Cheap: nothing is traced (the native library
-  is compiled once per machine, if it is asked for and missing)."""
-  m, o, d = config.model, config.optim, config.data
-  choices = [('model.activation', m.activation, ACTIVATIONS),
-             ('model.pool', m.pool, POOLS),
-             ('model.normalization', m.normalization, NORMALIZATIONS),
-             ('model.conv_reduction', m.conv_reduction, CONV_REDUCTIONS),
-             ('model.init', m.init, INITS),
-             ('optim.optimizer', o.optimizer, OPTIMIZERS),
-             ('optim.schedule', o.schedule, SCHEDULES),
-             ('data.source', d.source, ('auto', 'tfds', 'idx'))]
-  for name, value, allowed in choices:
-    if value not in allowed:
-      raise ValueError(f'{name}={value!r} is not one of {allowed}.')
-  from lenet_jax import conv  # pylint: disable=import-outside-toplevel
-  if m.conv_impl not in conv.CONV_IMPLS:
-    raise ValueError(f'model.conv_impl={m.conv_impl!r} is not one of {conv.CONV_IMPLS}.')
-  if m.conv_impl == 'native':
-    from lenet_jax import native  # pylint: disable=import-outside-toplevel
-    if (reason := native.available()) is not None:
-      raise ValueError(f"model.conv_impl='native' cannot run here: {reason} "
-                       "Use conv_impl='auto' or 'patches'.")
-  positives = [('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size),
-               ('epochs', config.epochs), ('model.num_classes', m.num_classes),
-               ('model.pool_size', m.pool_size)]
-  positives += [(f'model.channels[{i}]', c) for i, c in enumerate(m.channels)]
-  positives += [(f'model.dense[{i}]', c) for i, c in enumerate(m.dense)]
-  positives += [(f'model.convs_per_block[{i}]', c) for i, c in enumerate(m.convs_per_block)]
-  positives += [(f'model.input_shape[{i}]', c) for i, c in enumerate(m.input_shape)]
-  for name, value in positives:
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f'{name}={value!r} must be a positive integer.')
-  if not m.channels:
-    raise ValueError('model.channels is empty: give at least one conv block, e.g. 6,16.')
-  for i, k in enumerate(m.kernel_size):
-    if not isinstance(k, int) or not 1 <= k <= 11:
-      raise ValueError(f'model.kernel_size[{i}]={k!r} must be an integer in 1..11.')
-  for i, p in enumerate(m.padding):
-    if not (p in ('same', 'valid') or (isinstance(p, int) and p >= 0)):
-      raise ValueError(f"model.padding[{i}]={p!r} must be 'same', 'valid' or a "
-                       'non-negative integer (pixels on each side).')
-  if not o.learning_rate > 0:
-    raise ValueError(f'optim.learning_rate={o.learning_rate!r} must be > 0.')
-  if o.weight_decay < 0:
-    raise ValueError(f'optim.weight_decay={o.weight_decay!r} must be >= 0.')
-  if o.step_decay_every <= 0:
-    raise ValueError(f'optim.step_decay_every={o.step_decay_every!r} must be > 0.')
-  if d.validation_size < 0:
-    raise ValueError(f'data.validation_size={d.validation_size!r} must be >= 0.')
-  m.blocks()  # per-block fields agree with the number of blocks
-  from lenet_jax import arch  # pylint: disable=import-outside-toplevel
-  layers = arch.trace(m)  # an impossible architecture fails here, before compiling
-  if o.frozen:
-    names = [l.name for l in layers if l.params]
-    unknown = [n for n in o.frozen if n not in names]
-    if unknown:
-      raise ValueError(f'optim.frozen names {unknown}, which are not layers with '
-                       f'parameters of this model; choose from {names}.')

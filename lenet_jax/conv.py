@@ -16,7 +16,6 @@ XLA's FFI, lenet_jax/native.py, the fastest on the CPU), 'patches' (here) or
 'xla'; 'auto' is native on the CPU and XLA's convolution on GPU/TPU.
 """
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,21 +23,9 @@ from absl import logging
 from jax import lax
 
 from lenet_jax import native
+from lenet_jax.layout import CHWN, NHWC, check_supported, explicit_pads  # re-exported
 
 CONV_IMPLS = ('auto', 'xla', 'patches', 'native')
-NHWC = ('NHWC', 'HWIO', 'NHWC')
-CHWN = ('CHWN', 'HWIO', 'CHWN')  # batch minor: what the CPU likes
-
-
-def explicit_pads(padding, window: Sequence[int]) -> list[tuple[int, int]]:
-  """Explicit (low, high) pads; 'SAME' puts the odd pixel of an even kernel high."""
-  if padding == 'VALID':
-    return [(0, 0)] * len(window)
-  if padding == 'SAME':
-    return [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in window]
-  return [tuple(p) for p in padding]
-
-
 def patches_conv(lhs, rhs, window_strides=(1, 1), padding='VALID',
                  lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                  feature_group_count=1, batch_group_count=1, precision=None,
@@ -79,28 +66,15 @@ def patches_conv(lhs, rhs, window_strides=(1, 1), padding='VALID',
   return y.reshape(cout, out_h, out_w, batch)
 
 
-def check_supported(lhs_shape, rhs_shape, window_strides, lhs_dilation, rhs_dilation,
-                    dimension_numbers, feature_group_count, batch_group_count):
-  """The layout (NHWC or CHWN) of a convolution the fast paths handle, else raises."""
-  layout = _layout(lhs_shape, rhs_shape, dimension_numbers)
-  if (layout is None or tuple(window_strides) != (1, 1)
-      or any(d != 1 for d in lhs_dilation or ()) or any(d != 1 for d in rhs_dilation or ())
-      or feature_group_count != 1 or batch_group_count != 1):
-    raise NotImplementedError(
-        'the fast CPU convolutions handle 2-D NHWC or CHWN inputs with HWIO kernels, '
-        f'stride 1, no dilation and one feature group; got strides={window_strides}, '
-        f'dimension_numbers={dimension_numbers}, '
-        f'feature_group_count={feature_group_count}. Use conv_impl="xla".')
-  return layout
-
-
-def _layout(lhs_shape, rhs_shape, dimension_numbers):
-  """NHWC or CHWN if `dimension_numbers` is one of them (with HWIO kernels), else None."""
-  given = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
-  for layout in (NHWC, CHWN):
-    if given == lax.conv_dimension_numbers(lhs_shape, rhs_shape, layout):
-      return layout
-  return None
+def resolve_impl(name: str, backend: str | None = None) -> str:
+  """The implementation `name` stands for on `backend`: 'auto' resolved."""
+  if name not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={name!r} is not one of {CONV_IMPLS}.')
+  if name == 'auto':
+    name = 'xla'
+    if (backend or jax.default_backend()) == 'cpu':
+      name = 'native' if _native_reason() is None else 'patches'
+  return name
 
 
 def conv_impl(name: str, backend: str | None = None):
@@ -110,12 +84,7 @@ def conv_impl(name: str, backend: str | None = None):
   or, where they cannot be built (no C++ compiler), the patches convolution,
   with a warning that says why.
   """
-  if name not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={name!r} is not one of {CONV_IMPLS}.')
-  if name == 'auto':
-    name = 'xla'
-    if (backend or jax.default_backend()) == 'cpu':
-      name = 'native' if _native_reason() is None else 'patches'
+  name = resolve_impl(name, backend)
   if name == 'native':
     return native.native_conv
   return patches_conv if name == 'patches' else lax.conv_general_dilated
@@ -143,14 +112,17 @@ def window_pool(x, window: int, kind: str):
   Where a window holds several equal maxima, the gradient is split evenly
   between them (jnp.max's rule), whereas XLA's reduce_window gives it all to
   the first; both are subgradients. Giving it to the first with a custom VJP
-  measured 25% slower training here, so the split stays.
+  measured 25% slower training here, so the split stays. A window holding NaN
+  pools to NaN.
   """
   lead, height, width, last = x.shape
   out_h, out_w = height // window, width // window
   x = x[:, :out_h * window, :out_w * window, :]
   x = x.reshape(lead, out_h, window, out_w, window, last)
   if kind == 'max':
-    return x.max(axis=(2, 4))
+    # XLA's CPU max reduction returns a number where a window holds NaN for
+    # most shapes, which would hide a diverging run; NaN is put back explicitly.
+    return jnp.where(jnp.isnan(x).any(axis=(2, 4)), jnp.nan, x.max(axis=(2, 4)))
   if kind == 'avg':
     return x.mean(axis=(2, 4))
   raise ValueError(f'pool={kind!r} is not one of max, avg.')

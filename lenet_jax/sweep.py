@@ -2,18 +2,26 @@
 
 A sweep is data: a base `Config`, an ordered mapping from config field to the
 values it takes, and the seeds. `expand` turns it into one Config per run;
-`groups` batches runs that one vmapped program can train together;
-`run_sweep` trains them (or one shard of them) and writes, under the workdir:
+`groups` batches runs that one program can train together; `run_sweep`
+trains them (or one shard of them), each on the data its own config names,
+and writes, under the workdir:
 
-  sweep.json                    the sweep, so a workdir holds one sweep only
+  sweep.json                    the sweep and how its groups train (group mode),
+                                so a workdir holds one sweep, trained one way
+  .lock, .lock.shard-I-of-N     held while a process trains (see workdir.py)
   runs/<run_id>/config.json     the run's full configuration
   runs/<run_id>/checkpoints/    orbax checkpoints of the last epochs, to resume from
   runs/<run_id>/metrics.jsonl   one JSON line per epoch
   runs/<run_id>/tensorboard/    event files: scalars per epoch and the hyperparameters
-  runs/<run_id>/final.json      status, final metrics, parameters, FLOPs, seconds;
-                                written last, it marks the run finished
-  results.jsonl, results.csv    one row per run, rewritten atomically after each group
+  runs/<run_id>/final.json      status, final metrics, data source and split sizes,
+                                parameters, FLOPs, seconds; written last, it marks
+                                the run finished
+  results.jsonl, results.csv    one row per run, rebuilt from the runs' files at the
+                                start and after each group
                                 (results.shard-I-of-N.* for a shard; `merge` joins them)
+
+A run whose files cannot be read back (or belong to another run) is moved
+aside to runs/<run_id>.unreadable-<time> and trained again.
 """
 import csv
 import dataclasses
@@ -22,6 +30,7 @@ import io
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,8 +39,12 @@ from lenet_jax import arch
 from lenet_jax import config as config_lib
 from lenet_jax import data as data_lib
 from lenet_jax import loop
+from lenet_jax import resources
 from lenet_jax import stats
 from lenet_jax import summaries
+from lenet_jax import validation
+from lenet_jax import workdir as workdir_lib
+from lenet_jax.workdir import atomic_write  # pylint: disable=unused-import
 from lenet_jax.config import Config
 
 
@@ -42,20 +55,41 @@ class Sweep:
   seeds: tuple[int, ...] = (0,)
 
 
+def _check_distinct(name: str, values: Sequence[Any]) -> None:
+  seen = set()
+  for v in values:
+    key = json.dumps(v, sort_keys=True, default=str)
+    if key in seen:
+      raise ValueError(f'--{name.split(".")[-1]} ({name}) gives the value {v!r} twice '
+                       f'(all values: {list(values)}); each value of a sweep must differ. '
+                       'For repeated runs of one configuration use --seeds.')
+    seen.add(key)
+
+
 def expand(sweep: Sweep) -> list[Config]:
   """One Config per (point of the product, seed), seeds varying fastest.
 
-  Each config's input shape is its dataset's, so a run's id (a hash of its
-  config) is known before any data is loaded.
+  Each config's input shape and validation size are its dataset's, so a
+  run's id (a hash of its config) is known before any data is loaded. A value
+  given twice on an axis, or a seed given twice, is an error: it would train
+  one run twice and count it as two.
   """
+  for name, values in sweep.axes.items():
+    _check_distinct(name, values)
+  _check_distinct('seeds', sweep.seeds)
   names = list(sweep.axes)
   configs = []
   for values in itertools.product(*(sweep.axes[n] for n in names)):
     point = config_lib.override(sweep.base, dict(zip(names, values)))
-    shape = data_lib.dataset_info(point.data.dataset).input_shape
-    point = config_lib.override(point, {'model.input_shape': shape})
-    configs.extend(dataclasses.replace(point, seed=s) for s in sweep.seeds)
+    configs.extend(dataclasses.replace(resolve(point), seed=s) for s in sweep.seeds)
   return configs
+
+
+def resolve(cfg: Config) -> Config:
+  """`cfg` with the input shape and validation size its dataset implies."""
+  return config_lib.override(cfg, {
+      'model.input_shape': data_lib.dataset_info(cfg.data.dataset).input_shape,
+      'data.validation_size': data_lib.validation_size(cfg.data)})
 
 
 def shard(configs: Sequence[Config], max_models: int, num_shards: int,
@@ -78,6 +112,9 @@ def run_id(cfg: Config) -> str:
 
 def groups(configs: Sequence[Config], max_models: int) -> list[list[Config]]:
   """Runs of one architecture and recipe, at most `max_models` per program, in sweep order."""
+  if isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 1:
+    raise ValueError(f'--max_models={max_models!r} must be a positive integer (the most '
+                     'runs trained together in one program).')
   by_key: dict[Config, list[Config]] = {}
   for cfg in configs:
     by_key.setdefault(loop.group_key(cfg), []).append(cfg)
@@ -110,31 +147,63 @@ def result_row(res: loop.RunResult) -> dict[str, Any]:
   row['images_per_s'] = sorted(rates)[len(rates) // 2] if rates else None
   row['train_seconds'] = res.train_seconds
   row['compile_seconds'] = res.compile_seconds
+  row.update(res.facts)  # the data it trained on, and how it was trained
   row.update(_flat(config_lib.to_dict(res.config)))
   return row
-
-
-def atomic_write(path: str, data: str | bytes) -> None:
-  """Writes `data` to `path` so that readers see the old file or the whole new one."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def run_dir(workdir: str, cfg: Config) -> str:
   return os.path.join(workdir, 'runs', run_id(cfg))
 
 
-def finished_row(workdir: str, cfg: Config) -> dict[str, Any] | None:
-  """The results row of a run that already finished in `workdir`, else None."""
-  path = os.path.join(run_dir(workdir, cfg), 'final.json')
+class Unreadable(ValueError):
+  """A finished run's files cannot be read back, or belong to another run."""
+
+
+def read_finished(workdir: str, cfg: Config) -> dict[str, Any] | None:
+  """The results row of a run that finished in `workdir`; None if it has not.
+
+  Raises Unreadable (naming the file) when final.json, config.json or
+  metrics.jsonl cannot be parsed or do not belong to `cfg`'s run.
+  """
+  directory = run_dir(workdir, cfg)
+  path = os.path.join(directory, 'final.json')
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  rid = run_id(cfg)
+
+  def parse(name, parse_fn):
+    file = os.path.join(directory, name)
+    try:
+      with open(file) as f:
+        return parse_fn(f.read())
+    except (OSError, ValueError) as e:
+      raise Unreadable(f'{file} cannot be read ({type(e).__name__}: {str(e)[:120]})') from None
+
+  row = parse('final.json', json.loads)
+  if not isinstance(row, dict) or row.get('run_id') != rid:
+    got = row.get('run_id') if isinstance(row, dict) else None
+    raise Unreadable(f'{path} belongs to run {got!r}, not to {rid} (a copied file?)')
+  if parse('config.json', json.loads) != json.loads(json.dumps(config_lib.to_dict(cfg))):
+    raise Unreadable(f'{os.path.join(directory, "config.json")} is not the config of run {rid}')
+  history = parse('metrics.jsonl', lambda t: [json.loads(l) for l in t.splitlines() if l])
+  if len(history) != row.get('epochs_run'):
+    raise Unreadable(f'{os.path.join(directory, "metrics.jsonl")} holds {len(history)} '
+                     f'epochs, but final.json says {row.get("epochs_run")}')
+  return row
+
+
+def finished_row(workdir: str, cfg: Config, warn=print) -> dict[str, Any] | None:
+  """Like read_finished, but a run whose files are unreadable is moved aside
+  (to runs/<id>.unreadable-<time>, with a warning) and counts as not finished."""
+  try:
+    return read_finished(workdir, cfg)
+  except Unreadable as e:
+    directory = run_dir(workdir, cfg)
+    aside = f'{directory}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}'
+    os.replace(directory, aside)
+    warn(f'warning: {e}; moved the run to {aside} and training it again')
+    return None
 
 
 def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False) -> dict[str, Any]:
@@ -163,8 +232,7 @@ def write_results(workdir: str, rows: list[dict[str, Any]], name: str = 'results
   atomic_write(os.path.join(workdir, f'{name}.csv'), buf.getvalue())
 
 
-def claim_workdir(workdir: str, sweep: Sweep) -> None:
-  """Records the sweep in `workdir`, refusing a workdir that holds another sweep."""
+def check_writable(workdir: str) -> None:
   probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -174,35 +242,74 @@ def claim_workdir(workdir: str, sweep: Sweep) -> None:
   except OSError as e:
     raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}); choose '
                      'another directory.') from e
-  described = json.dumps({'base': config_lib.to_dict(sweep.base),
-                          'axes': {k: list(v) for k, v in sweep.axes.items()},
-                          'seeds': list(sweep.seeds)}, indent=2, sort_keys=True, default=str)
+
+
+def _describe(sweep: Sweep) -> dict[str, Any]:
+  return json.loads(json.dumps({'base': config_lib.to_dict(sweep.base),
+                                'axes': {k: list(v) for k, v in sweep.axes.items()},
+                                'seeds': list(sweep.seeds)}, sort_keys=True, default=str))
+
+
+def read_sweep_json(workdir: str) -> dict[str, Any] | None:
+  """The sweep recorded in `workdir`, None if there is none; ValueError if unreadable."""
   path = os.path.join(workdir, 'sweep.json')
-  if os.path.isfile(path):
+  if not os.path.isfile(path):
+    return None
+  try:
     with open(path) as f:
-      if json.loads(f.read()) != json.loads(described):
-        raise ValueError(f'--workdir={workdir} holds results of a different sweep '
-                         f'(see {path}); use a new --workdir for this one, or the '
-                         'same flags as before to resume that sweep.')
+      recorded = json.load(f)
+    if not isinstance(recorded, dict):
+      raise ValueError('not a JSON object')
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} cannot be read ({str(e)[:120]}); it records which sweep '
+                     f'--workdir={workdir} holds. Restore it from a copy, or use a new '
+                     '--workdir (the finished runs stay in runs/).') from None
+  return recorded
+
+
+def claim_workdir(workdir: str, sweep: Sweep, group_mode: str) -> None:
+  """Records the sweep and its group mode in `workdir`, refusing a workdir that
+  holds another sweep or the same sweep trained in the other group mode."""
+  check_writable(workdir)
+  described = {**_describe(sweep), 'group_mode': group_mode}
+  recorded = read_sweep_json(workdir)
+  path = os.path.join(workdir, 'sweep.json')
+  if recorded is None:
+    atomic_write(path, json.dumps(described, indent=2, sort_keys=True))
     return
-  atomic_write(path, described)
+  if {k: v for k, v in recorded.items() if k != 'group_mode'} != _describe(sweep):
+    raise ValueError(f'--workdir={workdir} holds results of a different sweep '
+                     f'(see {path}); use a new --workdir for this one, or the '
+                     'same flags as before to resume that sweep.')
+  if recorded.get('group_mode') != group_mode:
+    raise ValueError(
+        f'--workdir={workdir} was trained with group mode {recorded.get("group_mode")!r} '
+        f'(see {path}) and this process would train {group_mode!r}. The two modes differ '
+        'in the last bits of float arithmetic, so one sweep must not mix them: resume '
+        f'with --group_mode={recorded.get("group_mode")}, or use a new --workdir.')
 
 
-def merge(sweep: Sweep, workdir: str) -> tuple[list[dict[str, Any]], list[Config]]:
+def merge(sweep: Sweep, workdir: str) -> tuple[list[dict[str, Any]], list[Config], list[str]]:
   """Gathers the finished runs of `sweep` (from any shards) into results.csv.
 
-  Returns (rows in sweep order, configs of the runs that have not finished).
+  Returns (rows in sweep order, configs of the runs that have not finished,
+  messages about runs whose files are unreadable: those count as missing).
+  results.* are written only when at least one run finished.
   """
-  rows, missing = [], []
+  rows, missing, unreadable = [], [], []
   for cfg in expand(sweep):
-    row = finished_row(workdir, cfg)
+    try:
+      row = read_finished(workdir, cfg)
+    except Unreadable as e:
+      unreadable.append(str(e))
+      row = None
     if row is None:
       missing.append(cfg)
     else:
       rows.append(row)
   if rows:
     write_results(workdir, rows)
-  return rows, missing
+  return rows, missing, unreadable
 
 
 def varying_fields(rows: list[dict[str, Any]]) -> list[str]:
@@ -237,7 +344,46 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(out)
 
 
-def run_sweep(sweep: Sweep, workdir: str | None, dataset,
+def load_datasets(configs: Sequence[Config],
+                  load_data: Callable[[config_lib.DataConfig], data_lib.Dataset] = data_lib.load
+                  ) -> dict[config_lib.DataConfig, data_lib.Dataset]:
+  """The data of every run, loaded once per distinct DataConfig.
+
+  Two dataset names read from the same IDX files would label rows with data
+  they never saw, so that is an error.
+  """
+  datasets = {}
+  for cfg in configs:
+    if cfg.data not in datasets:
+      datasets[cfg.data] = load_data(cfg.data)
+  by_files: dict[str, str] = {}
+  for ds in datasets.values():
+    if ds.source.startswith('idx:'):
+      other = by_files.setdefault(ds.source, ds.name)
+      if other != ds.name:
+        raise ValueError(f'dataset={other!r} and dataset={ds.name!r} would both read the '
+                         f'IDX files in {ds.source[4:]}: those files are one dataset. Put '
+                         'each dataset in a subdirectory named after it (DIR/mnist, '
+                         'DIR/fashion_mnist) and pass --idx_dir=DIR.')
+  return datasets
+
+
+def _results_paths(workdir: str, name: str) -> list[str]:
+  return [os.path.join(workdir, f'{name}.{ext}') for ext in ('jsonl', 'csv')]
+
+
+def _rebuild_results(workdir: str, name: str, rows: list[dict[str, Any]]) -> None:
+  """results.* from the runs' own files: never an old or damaged table left standing."""
+  if rows:
+    write_results(workdir, rows, name)
+    return
+  for path in _results_paths(workdir, name):
+    if os.path.exists(path):
+      os.remove(path)
+
+
+def run_sweep(sweep: Sweep, workdir: str | None,
+              load_data: Callable[[config_lib.DataConfig], data_lib.Dataset] = data_lib.load,
               max_models: int = 8,
               progress: Callable[[str], None] | None = None,
               target_test_acc: float | None = None,
@@ -245,30 +391,65 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
               tensorboard: bool = True, vmap: bool | None = None) -> list[dict[str, Any]]:
   """Trains every run of `sweep` (or of one shard of it); returns one row per run.
 
+  Each run trains on the data its own config names (`load_data(cfg.data)`),
+  and its row records where that data came from and the split sizes.
   With a workdir, the sweep can be interrupted at any moment and re-run with
-  the same arguments: finished runs (final.json present) are skipped,
-  unfinished ones resume from their last epoch checkpoint, and the results
-  files, rewritten atomically after each group, hold every finished run once.
+  the same arguments: finished runs (final.json present and readable) are
+  skipped, unfinished ones resume from their last epoch checkpoint, and the
+  results files, rebuilt from the runs at the start and after each group,
+  hold every finished run once. One process at a time trains a workdir (or a
+  shard of it): a second one is refused, naming the first one's pid.
   A shard writes results.shard-I-of-N.{csv,jsonl}; `merge` gathers the shards.
   With `target_test_acc`, a group stops after the first epoch in which all its
   live runs reach that test accuracy (for time-to-accuracy benchmarks).
-  `vmap` is passed to `loop.train_group` (None: per backend).
+  `vmap` is passed to `loop.train_group` (None: per backend); the mode it
+  resolves to is recorded in sweep.json, and a workdir is never resumed in
+  the other mode.
   """
+  say = progress or (lambda line: None)
+  warn = progress or (lambda line: print(line, file=sys.stderr, flush=True))
   configs = expand(sweep)
-  for cfg in configs:  # every bad value fails here, before any training
-    config_lib.validate(loop.with_input_shape(cfg, dataset))
   batches = shard(configs, max_models, num_shards, shard_index)
-  if workdir:
-    claim_workdir(workdir, sweep)
   mine = [c for members in batches for c in members]
-  finished = {run_id(c): finished_row(workdir, c) for c in mine} if workdir else {}
-  todo = [[c for c in members if not finished.get(run_id(c))] for members in batches]
-  todo = [members for members in todo if members]
-  skipped = sum(1 for row in finished.values() if row)
-  if progress and skipped:
-    progress(f'{skipped} of {len(mine)} runs already finished in {workdir}; skipping them')
+  datasets = load_datasets(mine, load_data)
+  for cfg in mine:  # every bad value fails here, before any training
+    validation.check_config(loop.with_input_shape(cfg, datasets[cfg.data]))
+  for data_cfg, ds in datasets.items():
+    say(f'{ds.name} from {ds.source}: {len(ds.train_images)} train, {len(ds.val_images)} '
+        f'validation, {len(ds.test_images)} test examples')
+  stacked = loop.resolve_vmap(vmap)
+  resources.check_fits([[loop.with_input_shape(c, datasets[c.data]) for c in members]
+                        for members in batches], stacked)
+  if not workdir:
+    return _train(sweep, None, batches, datasets, {}, say, target_test_acc, tensorboard,
+                  stacked, 'results')
+  results_name = ('results' if num_shards == 1 else
+                  f'results.shard-{shard_index}-of-{num_shards}')
+  check_writable(workdir)
+  with workdir_lib.sweep_lock(workdir, num_shards, shard_index):
+    claim_workdir(workdir, sweep, 'vmap' if stacked else 'in_turn')
+    for path in workdir_lib.clean_temporaries(
+        [run_dir(workdir, c) for c in mine] + _results_paths(workdir, results_name)
+        + [os.path.join(workdir, 'sweep.json')]):
+      say(f'removed {path}, left by an interrupted process')
+    finished = {run_id(c): finished_row(workdir, c, warn) for c in mine}
+    return _train(sweep, workdir, batches, datasets, finished, say, target_test_acc,
+                  tensorboard, stacked, results_name)
+
+
+def _train(sweep, workdir, batches, datasets, finished, say, target_test_acc, tensorboard,
+           stacked, results_name) -> list[dict[str, Any]]:
+  """Trains the unfinished runs of `batches`, group by group; see run_sweep."""
+  del sweep
+  mine = [c for members in batches for c in members]
   rows: dict[str, dict[str, Any]] = {k: v for k, v in finished.items() if v}
-  results_name = 'results' if num_shards == 1 else f'results.shard-{shard_index}-of-{num_shards}'
+  if rows:
+    say(f'{len(rows)} of {len(mine)} runs already finished in {workdir}; skipping them')
+  if workdir:
+    _rebuild_results(workdir, results_name, [rows[run_id(c)] for c in mine
+                                             if run_id(c) in rows])
+  todo = [[c for c in members if run_id(c) not in rows] for members in batches]
+  todo = [members for members in todo if members]
   done_epochs, total_epochs = 0, sum(c.epochs for members in todo for c in members)
   start = time.perf_counter()
   first = 0
@@ -282,27 +463,27 @@ def run_sweep(sweep: Sweep, workdir: str | None, dataset,
       done_epochs += len(members)
       elapsed = time.perf_counter() - start
       left = elapsed / done_epochs * max(total_epochs - done_epochs, 0)
-      if progress:
-        live = [r.history[-1] for r in results if r.history and r.history[-1]['epoch'] == epoch + 1]
-        if live:
-          mean = lambda k: sum(h.get(k, float('nan')) for h in live) / len(live)
-          progress(f'[{label}] epoch {epoch + 1}/{members[0].epochs}  '
-                   f'loss {mean("train_loss"):.4f}  acc {mean("train_acc"):.4f}  '
-                   f'val {mean("val_acc"):.4f}  test {mean("test_acc"):.4f}  '
-                   f'{mean("images_per_s"):,.0f} img/s per run  '
-                   f'{elapsed:.0f}s elapsed, ~{left:.0f}s left')
+      live = [r.history[-1] for r in results if r.history and r.history[-1]['epoch'] == epoch + 1]
+      if live:
+        mean = lambda k: sum(h.get(k, float('nan')) for h in live) / len(live)
+        say(f'[{label}] epoch {epoch + 1}/{members[0].epochs}  '
+            f'loss {mean("train_loss"):.4f}  acc {mean("train_acc"):.4f}  '
+            f'val {mean("val_acc"):.4f}  test {mean("test_acc"):.4f}  '
+            f'{mean("images_per_s"):,.0f} img/s per run  '
+            f'{elapsed:.0f}s elapsed, ~{left:.0f}s left')
       live = [r.history[-1] for r in results if r.status == 'running']
       return bool(target_test_acc and live and all(
           h.get('test_acc', 0) >= target_test_acc for h in live))
 
     checkpoint_dirs = ([os.path.join(run_dir(workdir, c), 'checkpoints') for c in members]
                        if workdir else None)
-    results = loop.train_group(members, dataset, on_epoch, keep_params=False,
-                               vmap=vmap, checkpoint_dirs=checkpoint_dirs)
+    results = loop.train_group(members, datasets[members[0].data], on_epoch,
+                               keep_params=False, vmap=stacked,
+                               checkpoint_dirs=checkpoint_dirs)
     for res in results:
-      if res.status == 'diverged' and progress:
-        progress(f'[{label}] seed {res.config.seed}: diverged (non-finite loss) in '
-                 f'epoch {res.diverged_epoch}; the sweep goes on')
+      if res.status == 'diverged':
+        say(f'[{label}] seed {res.config.seed}: diverged (non-finite loss) in '
+            f'epoch {res.diverged_epoch}; the sweep goes on')
       rows[run_id(res.config)] = (write_run(workdir, res, tensorboard) if workdir
                                   else result_row(res))
     if workdir:

