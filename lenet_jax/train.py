@@ -6,9 +6,13 @@ transformation, so another experiment can import them with its own model:
     state = create_train_state(my_module, optax.adam(1e-3), key, (28, 28, 1))
     state, metrics = train_step(state, {'image': x, 'label': y})
 
-Images may be uint8 (scaled to [0, 1] here, on the device) or float. Models
-with mutable collections (batch norm's 'batch_stats') are called with
-`train=True` and those collections mutable during training.
+They are `steps.make_train_step()`'s defaults (integer labels, softmax cross
+entropy, uint8 images scaled to [0, 1] on the device); other losses, outputs,
+batch keys and inputs take `make_train_step(...)`. The model is called in
+training or evaluation mode (its `train` argument, or what it calls it), with
+its mutable collections (batch norm's 'batch_stats') updated in training and
+a per-step dropout key from the state. `create_train_state` also takes a Flax
+NNX module (see nnx_state.py).
 
 On top of the steps, `train_epoch` runs a whole epoch (shuffle, batch, steps)
 inside one compiled `lax.scan`, with the dataset resident on the device, and
@@ -24,68 +28,57 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 from flax.training import train_state
 from jax.sharding import PartitionSpec
 
+from lenet_jax import nnx_state
+from lenet_jax import steps
+from lenet_jax.steps import to_float  # noqa: F401  (importable from here, as before)
+
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus the model's non-trainable collections (batch_stats)."""
+  """Flax's TrainState plus the model's non-trainable collections and a key.
+
+  `key` is the root of the steps' random numbers: training step t gives the
+  model `fold_in(key, t)` for its dropout, so a step is a pure function of
+  the state. None (as in a state made by `TrainState.create` without one):
+  the model gets no keys.
+  """
   model_state: Any = flax.struct.field(default_factory=dict)
+  key: Any = None
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       key: jax.Array, input_shape) -> TrainState:
-  """Initialises `model` for images of `input_shape` (H, W, C)."""
-  variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32))
+def create_train_state(model: nn.Module | nnx.Module, tx: optax.GradientTransformation,
+                       key: jax.Array | None = None, input_shape=None, *,
+                       input_dtype=jnp.float32, mode_arg: str | None = 'auto'):
+  """Initialises a Linen `model` for inputs of `input_shape` (H, W, C), or wraps an NNX one.
+
+  The Linen model is initialised in evaluation mode (see steps.mode_kwargs) on
+  one example of zeros of `input_dtype` (an integer dtype for token inputs).
+  The dropout key derives from `key` apart from the stream that initialised
+  the parameters. An initialised `nnx.Module` takes neither key nor shape:
+  `create_train_state(module, tx)` is `nnx_state.create_nnx_train_state`.
+  """
+  if isinstance(model, nnx.Module):
+    if key is not None or input_shape is not None:
+      raise ValueError('an nnx.Module is initialised already (its nnx.Rngs seed it): '
+                       'call create_train_state(module, tx) without key or input_shape.')
+    return nnx_state.create_nnx_train_state(model, tx)
+  if key is None or input_shape is None:
+    raise ValueError(f'create_train_state({type(model).__name__}(...), tx, key, input_shape) '
+                     'needs the key that initialises the model and the shape of one input, '
+                     'e.g. (28, 28, 1).')
+  eval_mode = steps.mode_kwargs(model.__call__, mode_arg, training=False)
+  variables = model.init(key, jnp.zeros((1, *input_shape), input_dtype), **eval_mode)
   variables = flax.core.unfreeze(variables)
   params = variables.pop('params')
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                           model_state=variables)
+                           model_state=variables, key=jax.random.fold_in(key, 1))
 
 
-def to_float(images):
-  """uint8 images -> float32 in [0, 1]; float images pass through."""
-  if jnp.issubdtype(images.dtype, jnp.integer):
-    return images.astype(jnp.float32) / 255.0
-  return images
-
-
-def _logits(state: TrainState, params, images, train: bool):
-  variables = {'params': params, **state.model_state}
-  if train and state.model_state:
-    return state.apply_fn(variables, images, train=True,
-                          mutable=list(state.model_state))
-  return state.apply_fn(variables, images), state.model_state
-
-
-def _train_step(state: TrainState, batch):
-  images, labels = to_float(batch['image']), batch['label']
-
-  def loss_fn(params):
-    logits, model_state = _logits(state, params, images, train=True)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (logits, model_state)
-
-  (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  state = state.apply_gradients(grads=grads, model_state=model_state)
-  metrics = {'loss': loss, 'correct': jnp.sum(jnp.argmax(logits, -1) == labels),
-             'count': jnp.asarray(labels.shape[0], jnp.int32)}
-  return state, metrics
-
-
-def _eval_step(state: TrainState, batch):
-  """Sums and counts over the examples whose batch['mask'] is true (all, if absent)."""
-  images, labels = to_float(batch['image']), batch['label']
-  mask = batch.get('mask', jnp.ones(labels.shape, bool))
-  logits, _ = _logits(state, state.params, images, train=False)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {'loss_sum': jnp.sum(jnp.where(mask, losses, 0.0)),
-          'correct': jnp.sum((jnp.argmax(logits, -1) == labels) & mask),
-          'count': jnp.sum(mask.astype(jnp.int32))}
-
-
-# Compiled once per model and optimizer; the state is donated.
+# The default steps, compiled once per model and optimizer; the state is donated.
+_train_step, _eval_step = steps.step_functions()
 train_step = jax.jit(_train_step, donate_argnums=0)
 eval_step = jax.jit(_eval_step)
 
