@@ -15,8 +15,9 @@ Several comparisons are corrected together by `compare`:
     "the difference is at least the margin";
   * `verdict` turns the two intervals into words.
 
-scipy is imported inside the functions that need it, so that importing this
-module stays cheap for code that only summarises.
+scipy is imported inside the functions that need it (t quantiles and tail
+probabilities), so importing this module is cheap, and `format_mean_std`, which
+the sweep's summary table uses, works without it.
 """
 import dataclasses
 import math
@@ -40,20 +41,27 @@ def t95(df: float) -> float:
   return t_quantile(0.975, df)
 
 
-def summarise(values: Sequence[float]) -> dict[str, float]:
-  """n, mean, sample std, and the 95% CI half-width of the mean (non-finite values dropped)."""
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+  """n, mean and sample std of the finite values; needs no scipy."""
   values = [v for v in values if v is not None and math.isfinite(v)]
   n = len(values)
   if n == 0:
-    return {'n': 0, 'mean': math.nan, 'std': math.nan, 'ci95': math.nan}
+    return {'n': 0, 'mean': math.nan, 'std': math.nan}
   mean = sum(values) / n
   std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-  return {'n': n, 'mean': mean, 'std': std,
-          'ci95': t95(n - 1) * std / math.sqrt(n) if n > 1 else math.nan}
+  return {'n': n, 'mean': mean, 'std': std}
+
+
+def summarise(values: Sequence[float]) -> dict[str, float]:
+  """n, mean, sample std, and the 95% CI half-width of the mean (non-finite values dropped)."""
+  s = _mean_std(values)
+  n = s['n']
+  return {**s, 'ci95': t95(n - 1) * s['std'] / math.sqrt(n) if n > 1 else math.nan}
 
 
 def format_mean_std(values: Sequence[float], digits: int = 4) -> str:
-  s = summarise(values)
+  """'mean +- std', as the sweep's summary table prints it (no scipy needed)."""
+  s = _mean_std(values)
   if s['n'] == 0:
     return '-'
   if s['n'] == 1:
@@ -151,7 +159,7 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> TTest:
   if len(a) < 2 or len(b) < 2:
     raise ValueError(f'Welch\'s test needs at least 2 values per group, got {len(a)} and '
                      f'{len(b)}; run more seeds.')
-  sa, sb = summarise(a), summarise(b)
+  sa, sb = _mean_std(a), _mean_std(b)
   va, vb = sa['std'] ** 2 / len(a), sb['std'] ** 2 / len(b)
   se = math.sqrt(va + vb)
   if se == 0:

@@ -1,10 +1,15 @@
 """The statistics against textbook values, and Holm, TOST and the verdicts' consistency."""
 import math
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
 from lenet_jax import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Student's sleep data (Cushny and Peebles 1905), R's `sleep`: extra hours of
 # sleep of 10 patients under drug 1 and drug 2; row i is the same patient.
@@ -186,3 +191,21 @@ def test_bad_levels_and_margins_name_the_value():
     test.p_equivalent(0)
   with pytest.raises(ValueError, match='equivalence margin=-1 must be > 0'):
     stats.compare([test], margin=-1)
+
+
+def test_the_sweep_table_needs_no_scipy():
+  """scipy is the `stats` extra; run.py's summary table (format_mean_std) must work without it."""
+  code = '''
+import sys
+class NoScipy:
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] == 'scipy':
+      raise ImportError('scipy is not installed')
+sys.meta_path.insert(0, NoScipy())
+from lenet_jax import stats
+print(stats.format_mean_std([0.5, 0.7, 0.9]))
+'''
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        cwd=ROOT, timeout=120, env={**os.environ, 'PYTHONPATH': ROOT})
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == '0.7000 +- 0.2000'
