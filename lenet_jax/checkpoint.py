@@ -45,10 +45,14 @@ class RunCheckpoints:
 
   def save(self, epochs_done: int, state, history: list[dict[str, Any]]) -> None:
     """Saves the state after `epochs_done` epochs; SIGINT/SIGTERM wait until it is whole."""
+    arrays = _arrays(state)
+    # The arrays, orbax's metadata and the history, with room to spare.
+    needed = 2 * sum(x.nbytes for x in jax.tree.leaves(arrays)) + 64 * 1024 + 512 * len(history)
+    workdir.require_space(self.directory, needed)
     with workdir.deferred_signals():
       try:
         self._manager.save(epochs_done, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_arrays(state)),
+            state=ocp.args.StandardSave(arrays),
             history=ocp.args.JsonSave(history)), force=True)
         self._manager.wait_until_finished()
       except Exception as e:  # pylint: disable=broad-except

@@ -280,7 +280,8 @@ def train_group(configs: list[Config], dataset: Dataset,
       break
   for c in checkpoints:
     c.close()
-  facts = {'data_source': dataset.source, 'train_size': len(dataset.train_images),
+  facts = {'data_source': dataset.source, 'data_fingerprint': dataset.fingerprint,
+           'train_size': len(dataset.train_images),
            'val_size': len(dataset.val_images), 'test_size': len(dataset.test_images),
            'group_mode': 'vmap' if stacked else 'in_turn',
            'conv_impl_used': conv.resolve_impl(base.model.conv_impl),

@@ -156,15 +156,20 @@ def run_dir(workdir: str, cfg: Config) -> str:
   return os.path.join(workdir, 'runs', run_id(cfg))
 
 
+RUN_FILES_BYTES = 256 * 1024  # config, metrics, final.json and TensorBoard files of a run
+
+
 class Unreadable(ValueError):
   """A finished run's files cannot be read back, or belong to another run."""
 
 
-def read_finished(workdir: str, cfg: Config) -> dict[str, Any] | None:
+def read_finished(workdir: str, cfg: Config,
+                  fingerprint: str | None = None) -> dict[str, Any] | None:
   """The results row of a run that finished in `workdir`; None if it has not.
 
   Raises Unreadable (naming the file) when final.json, config.json or
-  metrics.jsonl cannot be parsed or do not belong to `cfg`'s run.
+  metrics.jsonl cannot be parsed or do not belong to `cfg`'s run, or when
+  the run trained on data other than `fingerprint` (if given) says.
   """
   directory = run_dir(workdir, cfg)
   path = os.path.join(directory, 'final.json')
@@ -190,14 +195,20 @@ def read_finished(workdir: str, cfg: Config) -> dict[str, Any] | None:
   if len(history) != row.get('epochs_run'):
     raise Unreadable(f'{os.path.join(directory, "metrics.jsonl")} holds {len(history)} '
                      f'epochs, but final.json says {row.get("epochs_run")}')
+  if fingerprint is not None and row.get('data_fingerprint') != fingerprint:
+    raise Unreadable(f'{path} was trained on other data (fingerprint '
+                     f'{row.get("data_fingerprint")}; {cfg.data.dataset} now loads as '
+                     f'{fingerprint}: its files changed, or the run predates the split)')
   return row
 
 
-def finished_row(workdir: str, cfg: Config, warn=print) -> dict[str, Any] | None:
-  """Like read_finished, but a run whose files are unreadable is moved aside
-  (to runs/<id>.unreadable-<time>, with a warning) and counts as not finished."""
+def finished_row(workdir: str, cfg: Config, warn=print,
+                 fingerprint: str | None = None) -> dict[str, Any] | None:
+  """Like read_finished, but a run whose files are unreadable (or whose data is
+  not today's) is moved aside (to runs/<id>.unreadable-<time>, with a warning)
+  and counts as not finished."""
   try:
-    return read_finished(workdir, cfg)
+    return read_finished(workdir, cfg, fingerprint)
   except Unreadable as e:
     directory = run_dir(workdir, cfg)
     aside = f'{directory}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}'
@@ -210,6 +221,8 @@ def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False) -> d
   """Writes a finished run's files; final.json last, since it marks the run done."""
   run_dir = os.path.join(workdir, 'runs', run_id(res.config))
   os.makedirs(run_dir, exist_ok=True)
+  # Room for the run's files (and its event files): never half of them.
+  workdir_lib.require_space(run_dir, RUN_FILES_BYTES + 1024 * len(res.history))
   atomic_write(os.path.join(run_dir, 'config.json'),
                 json.dumps(config_lib.to_dict(res.config), indent=2))
   atomic_write(os.path.join(run_dir, 'metrics.jsonl'),
@@ -307,6 +320,15 @@ def merge(sweep: Sweep, workdir: str) -> tuple[list[dict[str, Any]], list[Config
       missing.append(cfg)
     else:
       rows.append(row)
+  seen: dict[str, tuple[str, str]] = {}  # data config -> (fingerprint, run id)
+  for row in rows:
+    data = json.dumps({k: v for k, v in row.items() if k.startswith('data.')}, sort_keys=True)
+    fingerprint, other = seen.setdefault(data, (row.get('data_fingerprint'), row['run_id']))
+    if fingerprint != row.get('data_fingerprint'):
+      raise ValueError(f'runs {other} and {row["run_id"]} in {workdir} name the same data '
+                       f'but trained on different data (fingerprints {fingerprint} and '
+                       f'{row.get("data_fingerprint")}): the shards loaded different files. '
+                       'Give every shard the same data and rerun the one that differs.')
   if rows:
     write_results(workdir, rows)
   return rows, missing, unreadable
@@ -432,7 +454,8 @@ def run_sweep(sweep: Sweep, workdir: str | None,
         [run_dir(workdir, c) for c in mine] + _results_paths(workdir, results_name)
         + [os.path.join(workdir, 'sweep.json')]):
       say(f'removed {path}, left by an interrupted process')
-    finished = {run_id(c): finished_row(workdir, c, warn) for c in mine}
+    finished = {run_id(c): finished_row(workdir, c, warn, datasets[c.data].fingerprint)
+                for c in mine}
     return _train(sweep, workdir, batches, datasets, finished, say, target_test_acc,
                   tensorboard, stacked, results_name)
 

@@ -33,6 +33,16 @@ class DiskFull(OSError):
     self.directory = directory
 
 
+def require_space(directory: str, needed: int) -> None:
+  """Raises DiskFull unless `directory`'s file system has `needed` bytes free.
+
+  Checked before a write rather than discovered in its middle: orbax's
+  writer threads report a full disk with pages of tracebacks of their own.
+  """
+  if shutil.disk_usage(directory).free < needed:
+    raise DiskFull(directory)
+
+
 def raise_if_disk_full(error: BaseException, path: str) -> None:
   """Re-raises `error` as DiskFull if it (or its cause) is ENOSPC."""
   seen = error
@@ -102,7 +112,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_temporaries(paths: list[str]) -> list[str]:
-  """Removes stale temporaries in `paths` (files or directories, searched recursively).
+  """Removes stale temporaries of `paths`: inside a directory (searched
+  recursively), or beside a file (`<file>.tmp<pid>`).
 
   A `*.tmp<pid>` file goes when its pid is not a live process here; orbax's
   temporary checkpoint directories go whenever found. Call it only under the
@@ -111,6 +122,13 @@ def clean_temporaries(paths: list[str]) -> list[str]:
   removed = []
   for top in paths:
     if not os.path.isdir(top):
+      directory, name = os.path.split(top)
+      for other in os.listdir(directory) if os.path.isdir(directory) else []:
+        m = TMP_SUFFIX.search(other)
+        if m and other[:m.start()] == name and not _pid_alive(int(m.group(1))):
+          with contextlib.suppress(OSError):
+            os.remove(os.path.join(directory, other))
+            removed.append(os.path.join(directory, other))
       continue
     for root, dirs, files in os.walk(top):
       for d in [d for d in dirs if ORBAX_TMP in d]:

@@ -90,11 +90,34 @@ def _run(*args, env=None):
     (['--batch_size=0'], 'batch_size=0 must be a positive integer'),
     (['--kernel_size=12'], 'model.kernel_size[0]=12 must be an integer in 1..11'),
     (['--padding=-1'], "model.padding[0]=-1 must be 'same', 'valid' or a non-negative"),
+    # Numbers that would train garbage.
+    (['--learning_rate=inf'], 'optim.learning_rate=inf must be a finite number'),
+    (['--momentum=nan'], 'optim.momentum=nan must be a finite number'),
+    (['--momentum=-0.5'], 'optim.momentum=-0.5 must be in [0, 1)'),
+    (['--weight_decay=nan'], 'optim.weight_decay=nan must be a finite number'),
+    (['--step_decay_factor=-0.1'], 'optim.step_decay_factor=-0.1 must be in (0, 1]'),
+    (['--num_classes=5'], "model.num_classes=5 is smaller than the 10 classes of "
+                          "dataset='fashion_mnist'"),
+    (['--max_models=0'], '--max_models=0 must be a positive integer'),
+    (['--target_test_acc=nan'], '--target_test_acc=nan must be an accuracy in (0, 1]'),
+    (['--target_test_acc=2'], '--target_test_acc=2.0 must be an accuracy in (0, 1]'),
+    (['--first_seed=18446744073709551616'], 'seed=18446744073709551616 must be an integer '
+                                            'in 0..4294967295'),
+    (['--first_seed=-1'], 'seed=-1 must be an integer in 0..4294967295'),
+    # A value given twice would train one run twice and count it as two seeds.
+    (['--learning_rate=1e-3,0.001'], '--learning_rate (optim.learning_rate) gives the value '
+                                     '0.001 twice'),
+    (['--epochs=1', '--epochs=1'], '--epochs (epochs) gives the value 1 twice'),
+    (['--channels=6,16', '--channels=6,16'], 'gives the value (6, 16) twice'),
+    # absl's own parse errors: one line, status 2 (absl alone exits 1 with its usage).
+    (['--seeds=x'], "error: flag --seeds=x: invalid literal for int() with base 10: 'x'"),
+    (['--no_such_flag=1'], "error: Unknown command line flag 'no_such_flag'"),
 ])
 def test_the_command_line_rejects_bad_input_before_training(args, message):
   proc = _run('--describe', *args)
   assert proc.returncode == 2, proc.stderr
   assert message in proc.stderr
+  assert 'Traceback' not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_native_conv_without_a_compiler_is_a_clear_error(tmp_path):

@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,3 +198,202 @@ def test_four_devices_match_one_device(tmp_path, runs, log, rtol):
   assert len(one.files) == len(four.files) > 0
   for name in one.files:
     np.testing.assert_allclose(four[name], one[name], rtol=rtol, atol=2e-5)
+
+
+def _write_dataset(directory, n_train, n_test, seed):
+  from conftest import separable_images, write_idx  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory)
+  for prefix, n in (('train', n_train), ('t10k', n_test)):
+    images, labels = separable_images(n, rng)
+    write_idx(os.path.join(directory, f'{prefix}-images-idx3-ubyte.gz'), images)
+    write_idx(os.path.join(directory, f'{prefix}-labels-idx1-ubyte.gz'), labels)
+
+
+def test_every_row_of_a_data_sweep_trains_on_its_own_data(tmp_path):
+  store = str(tmp_path / 'store')
+  _write_dataset(os.path.join(store, 'mnist'), 700, 100, seed=1)
+  _write_dataset(os.path.join(store, 'fashion_mnist'), 900, 200, seed=2)
+  workdir = str(tmp_path / 'w')
+  cmd = [sys.executable, os.path.join(ROOT, 'run.py'), f'--idx_dir={store}',
+         '--dataset=mnist,fashion_mnist', '--validation_size=100,300', '--channels=4,8',
+         '--dense=16', '--batch_size=50', '--epochs=1', f'--workdir={workdir}', '--cache_dir=']
+  proc = _run(cmd)
+  assert proc.returncode == 0, proc.stderr
+  got = {(r['data.dataset'], r['data.validation_size']):
+         (r['data_source'], r['train_size'], r['val_size'], r['test_size'])
+         for r in _rows(os.path.join(workdir, 'results.csv'))}
+  mnist, fashion = f'idx:{store}/mnist', f'idx:{store}/fashion_mnist'
+  assert got == {('mnist', '100'): (mnist, '600', '100', '100'),
+                 ('mnist', '300'): (mnist, '400', '300', '100'),
+                 ('fashion_mnist', '100'): (fashion, '800', '100', '200'),
+                 ('fashion_mnist', '300'): (fashion, '600', '300', '200')}
+  # One set of files under two dataset names is refused before training.
+  proc = _run([c.replace(f'--idx_dir={store}', f'--idx_dir={store}/mnist') for c in cmd[:-2]]
+              + [f'--workdir={tmp_path / "w2"}', '--cache_dir='])
+  assert proc.returncode == 2, proc.stderr
+  assert "dataset='mnist' and dataset='fashion_mnist' would both read the IDX files" in proc.stderr
+
+
+def test_a_workdir_is_never_resumed_in_the_other_group_mode(idx_dir, tmp_path):
+  workdir = str(tmp_path / 'w')
+  sweep = ['--epochs=1', '--seeds=2']
+  assert _run(_cmd(idx_dir, workdir, *sweep, '--group_mode=in_turn')).returncode == 0
+  proc = _run(_cmd(idx_dir, workdir, *sweep, '--group_mode=vmap'))
+  assert proc.returncode == 2
+  assert "was trained with group mode 'in_turn'" in proc.stderr
+  assert 'resume with --group_mode=in_turn' in proc.stderr
+  assert json.load(open(os.path.join(workdir, 'sweep.json')))['group_mode'] == 'in_turn'
+  assert {r['group_mode'] for r in _rows(os.path.join(workdir, 'results.csv'))} == {'in_turn'}
+
+
+def test_a_vmap_sweep_killed_mid_group_resumes_to_the_uninterrupted_results(idx_dir, tmp_path):
+  sweep = ['--epochs=3', '--seeds=2', '--learning_rate=1e-3,3e-3', '--group_mode=vmap',
+           '--tensorboard=false']
+  clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
+  assert _run(_cmd(idx_dir, clean, *sweep)).returncode == 0
+  cmd = _cmd(idx_dir, killed, *sweep)
+  assert _kill_when(cmd, lambda: glob.glob(os.path.join(killed, 'runs', '*', 'checkpoints', '1')))
+  proc = _run(cmd)
+  assert proc.returncode == 0, proc.stderr
+  key = lambda rows: {r['run_id']: (r['train_loss'], r['val_acc'], r['test_acc'])
+                      for r in rows}
+  assert key(_rows(os.path.join(killed, 'results.csv'))) == key(
+      _rows(os.path.join(clean, 'results.csv')))
+
+
+def _start(cmd):
+  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT, env=_env())
+
+
+def _wait_for(condition, timeout=300):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if condition():
+      return
+    time.sleep(0.05)
+  raise AssertionError('timed out')
+
+
+def test_a_second_process_on_a_workdir_or_shard_is_refused_with_the_holders_pid(
+    idx_dir, tmp_path):
+  from lenet_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  with workdir_lib.Lock(str(workdir / '.lock'), 'this workdir'):
+    proc = _run(_cmd(idx_dir, str(workdir), '--epochs=1'))
+    assert proc.returncode == 2, proc.stderr
+    assert f'--workdir={workdir} is in use by process {os.getpid()}' in proc.stderr
+  sweep = ['--epochs=1', '--seeds=2', '--max_models=1', '--num_shards=2']
+  with workdir_lib.Lock(str(workdir / '.lock.shard-0-of-2'), 'shard 0'):
+    busy = _run(_cmd(idx_dir, str(workdir), *sweep, '--shard_index=0'))
+    assert busy.returncode == 2 and f'shard 0 of 2 in --workdir={workdir} is in use by ' \
+        f'process {os.getpid()}' in busy.stderr
+    other = _run(_cmd(idx_dir, str(workdir), *sweep, '--shard_index=1'))
+    assert other.returncode == 0, other.stderr  # the other shard runs beside it
+  assert open(workdir / '.lock.shard-1-of-2').read() == ''  # released
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_exactly(idx_dir, tmp_path, sig):
+  clean, stopped = str(tmp_path / 'clean'), str(tmp_path / 'stopped')
+  assert _run(_cmd(idx_dir, clean, '--epochs=40')).returncode == 0
+  cmd = _cmd(idx_dir, stopped, '--epochs=40')
+  proc = _start(cmd)
+  _wait_for(lambda: glob.glob(os.path.join(stopped, 'runs', '*', 'checkpoints', '1')))
+  assert proc.poll() is None
+  proc.send_signal(sig)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr
+  assert 'interrupted; every finished run and epoch checkpoint is in' in stderr
+  assert 'Traceback' not in stderr
+  assert not glob.glob(os.path.join(stopped, '**', '*.tmp[0-9]*'), recursive=True)
+  assert _run(cmd).returncode == 0
+  want, got = _final_params(clean), _final_params(stopped)
+  for layer in want:
+    for name in want[layer]:
+      np.testing.assert_array_equal(got[layer][name], want[layer][name])
+
+
+def test_damaged_result_files_are_rebuilt_or_retrained(idx_dir, tmp_path):
+  workdir = str(tmp_path / 'w')
+  cmd = _cmd(idx_dir, workdir, '--epochs=1', '--seeds=3', '--tensorboard=false')
+  assert _run(cmd).returncode == 0
+  rows = _rows(os.path.join(workdir, 'results.csv'))
+  ids = [r['run_id'] for r in rows]
+  run = lambda i, name: os.path.join(workdir, 'runs', ids[i], name)
+  # Garbage tables, a garbage final.json, a garbage config.json, stale temporaries.
+  for name in ('results.csv', 'results.jsonl'):
+    with open(os.path.join(workdir, name), 'w') as f:
+      f.write('garbage\x00')
+  with open(run(0, 'final.json'), 'w') as f:
+    f.write('{"truncated')
+  with open(run(1, 'config.json'), 'w') as f:
+    f.write('[]')
+  stale = [os.path.join(workdir, 'results.csv.tmp999999999'), run(2, 'final.json.tmp999999999')]
+  for path in stale:
+    with open(path, 'w') as f:
+      f.write('partial')
+  orbax_tmp = run(2, os.path.join('checkpoints', '2.orbax-checkpoint-tmp-1234'))
+  os.makedirs(orbax_tmp)
+  proc = _run(cmd)
+  assert proc.returncode == 0, proc.stderr
+  assert f'{run(0, "final.json")} cannot be read' in proc.stdout
+  assert f'{run(1, "config.json")} is not the config of run {ids[1]}' in proc.stdout
+  assert proc.stdout.count('training it again') == 2
+  assert len(glob.glob(os.path.join(workdir, 'runs', '*.unreadable-*'))) == 2
+  assert not any(os.path.exists(p) for p in stale + [orbax_tmp])
+  again = _rows(os.path.join(workdir, 'results.csv'))
+  assert [r['run_id'] for r in again] == ids
+  assert [r['test_acc'] for r in again] == [r['test_acc'] for r in rows]  # retrained exactly
+  assert len(open(os.path.join(workdir, 'results.jsonl')).readlines()) == 3
+  # A run's final.json copied into another run's directory is not counted twice.
+  shutil.copy(run(0, 'final.json'), run(1, 'final.json'))
+  merged = _run(cmd + ['--merge'])
+  assert merged.returncode == 1
+  assert f'unreadable: {run(1, "final.json")} belongs to run {ids[0]!r}, not to {ids[1]}' in (
+      merged.stdout)
+  assert '2 of 3 runs finished' in merged.stdout
+  # A garbage sweep.json blocks nothing silently: it is named.
+  with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
+    f.write('{')
+  proc = _run(cmd)
+  assert proc.returncode == 2 and f'{workdir}/sweep.json cannot be read' in proc.stderr
+
+
+def test_merge_and_empty_shards_never_name_a_file_they_did_not_write(idx_dir, tmp_path):
+  missing = _run(_cmd(idx_dir, str(tmp_path / 'nowhere'), '--epochs=1', '--merge'))
+  assert missing.returncode == 2 and 'does not exist, so there is nothing to merge' in (
+      missing.stderr)
+  os.makedirs(tmp_path / 'empty')
+  empty = _run(_cmd(idx_dir, str(tmp_path / 'empty'), '--epochs=1', '--merge'))
+  assert empty.returncode == 1
+  assert 'none in' in empty.stdout and 'so no results.csv was written' in empty.stdout
+  assert 'results: ' not in empty.stdout and not os.path.exists(tmp_path / 'empty' / 'results.csv')
+  shard = _run(_cmd(idx_dir, str(tmp_path / 's'), '--epochs=1', '--num_shards=3',
+                    '--shard_index=2'))
+  assert shard.returncode == 0 and 'shard 2 of 3 has no runs' in shard.stdout
+  assert 'results' not in shard.stdout
+
+
+def test_a_full_disk_is_named_and_what_finished_is_kept(idx_dir, tmp_path):
+  mount = tmp_path / 'small'
+  mount.mkdir()
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs', str(mount)],
+                        capture_output=True, text=True)
+  assert done.returncode == 0, f'this test mounts a small tmpfs, as root: {done.stderr}'
+  try:
+    workdir = str(mount / 'w')
+    proc = _run(_cmd(idx_dir, workdir, '--epochs=2', '--seeds=8', '--max_models=1'))
+    assert proc.returncode == 1, proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert f'error: no space left on the device that holds {workdir}/runs/' in proc.stderr
+    assert 'free some space there and run the same command again' in proc.stderr
+    finished = glob.glob(os.path.join(workdir, 'runs', '*', 'final.json'))
+    assert finished, 'the disk should fill after some runs finished'
+    for path in finished:  # whole, readable files
+      assert json.load(open(path))['status'] == 'ok'
+    assert len(_rows(os.path.join(workdir, 'results.csv'))) == len(finished)
+  finally:
+    subprocess.run(['umount', str(mount)], check=True)

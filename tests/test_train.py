@@ -1,4 +1,6 @@
 """Pure train/eval steps: fitting, determinism, exact evaluation, foreign models, divergence."""
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -177,3 +179,57 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
   [clean] = loop.train_group([cfg], ds)
   for x, y in zip(jax.tree.leaves(clean.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(x, y)
+
+
+def _assert_same_runs(want, got):
+  for a, b in zip(want, got):
+    assert (a.status, a.diverged_epoch) == (b.status, b.diverged_epoch)
+    assert [h['epoch'] for h in a.history] == [h['epoch'] for h in b.history]
+    np.testing.assert_array_equal([h['train_loss'] for h in a.history],
+                                  [h['train_loss'] for h in b.history])
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+      np.testing.assert_array_equal(x, y)
+
+
+def test_a_stacked_group_killed_between_two_members_saves_resumes_exactly(
+    tmp_path, monkeypatch):
+  """Member 0 has saved epoch 2, member 1 has not: the group resumes from epoch 1
+  for both (deleting member 0's epoch 2, which it writes again)."""
+  from lenet_jax.checkpoint import RunCheckpoints  # pylint: disable=import-outside-toplevel
+  ds = tiny_dataset(n_train=256)
+  configs = [tiny_config(epochs=3, seed=s) for s in (0, 1)]
+  dirs = [str(tmp_path / f'run{s}') for s in (0, 1)]
+  uninterrupted = loop.train_group(configs, ds, vmap=True)
+  save = RunCheckpoints.save
+
+  def killed_at_member_1_epoch_2(self, epochs_done, state, history):
+    if epochs_done == 2 and self.directory.endswith('run1'):
+      raise KeyboardInterrupt
+    save(self, epochs_done, state, history)
+
+  monkeypatch.setattr(RunCheckpoints, 'save', killed_at_member_1_epoch_2)
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_group(configs, ds, checkpoint_dirs=dirs, vmap=True)
+  monkeypatch.setattr(RunCheckpoints, 'save', save)
+  assert sorted(os.listdir(dirs[0])) == ['1', '2'] and sorted(os.listdir(dirs[1])) == ['1']
+  for _ in range(2):  # resumes, and a second rerun finds the run finished as well
+    resumed = loop.train_group(configs, ds, checkpoint_dirs=dirs, vmap=True)
+    _assert_same_runs(uninterrupted, resumed)
+
+
+@pytest.mark.parametrize('vmap', [True, False])
+def test_a_group_with_a_diverged_member_resumes_exactly(tmp_path, vmap):
+  """The diverged run's checkpoint records its divergence, so it is not trained
+  again and does not hold the others back."""
+  ds = tiny_dataset(n_train=256)
+  sgd = {'optim.optimizer': 'sgd', 'optim.schedule': 'constant'}
+  configs = [tiny_config(epochs=4, seed=0, **sgd, **{'optim.learning_rate': 0.1}),
+             tiny_config(epochs=4, seed=1, **sgd, **{'optim.learning_rate': 1e12})]
+  dirs = [str(tmp_path / f'run{s}') for s in (0, 1)]
+  uninterrupted = loop.train_group(configs, ds, vmap=vmap)
+  assert uninterrupted[1].status == 'diverged' and uninterrupted[1].diverged_epoch == 1
+  stopped = loop.train_group(configs, ds, on_epoch=lambda epoch, _: epoch == 2,
+                             checkpoint_dirs=dirs, vmap=vmap)
+  assert [len(r.history) for r in stopped] == [3, 1]
+  resumed = loop.train_group(configs, ds, checkpoint_dirs=dirs, vmap=vmap)
+  _assert_same_runs(uninterrupted, resumed)
