@@ -65,6 +65,12 @@ def create_train_state(model: nn.Module | nnx.Module, tx: optax.GradientTransfor
       raise ValueError('an nnx.Module is initialised already (its nnx.Rngs seed it): '
                        'call create_train_state(module, tx) without key or input_shape.')
     return nnx_state.create_nnx_train_state(model, tx)
+  if isinstance(model, nnx.bridge.ToLinen):
+    # Through the bridge an NNX module keeps whatever mode it was built in, and
+    # its Rngs counts are not carried from step to step.
+    raise ValueError('pass the NNX module itself, create_train_state(module, tx), not '
+                     'nnx.bridge.to_linen(...): through the bridge batch norm would evaluate '
+                     'with batch statistics and dropout repeat one mask every step.')
   if key is None or input_shape is None:
     raise ValueError(f'create_train_state({type(model).__name__}(...), tx, key, input_shape) '
                      'needs the key that initialises the model and the shape of one input, '
