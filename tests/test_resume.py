@@ -100,6 +100,7 @@ def test_three_shards_merged_equal_the_unsplit_sweep(idx_dir, tmp_path):
   for i in range(3):
     proc = _run(_cmd(idx_dir, split, *sweep, '--num_shards=3', f'--shard_index={i}'))
     assert proc.returncode == 0, proc.stderr
+  os.makedirs(tmp_path / 'none')
   partial = _run(_cmd(idx_dir, str(tmp_path / 'none'), *sweep, '--merge'))
   assert partial.returncode == 1 and partial.stdout.count('missing: ') == 8
   merged = _run(_cmd(idx_dir, split, *sweep, '--merge'))
