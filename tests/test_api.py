@@ -409,7 +409,7 @@ def test_the_steps_compose_inside_scan_and_vmap():
 
 
 def test_checkpoints_keep_the_state_key(tmp_path):
-  saved = linen_state(ADAM, seed=1)
+  saved, _ = lenet_jax.train_step(linen_state(ADAM, seed=1), batches(1)[0])
   checkpoints = RunCheckpoints(str(tmp_path))
   checkpoints.save(1, saved, [{'epoch': 1}])
   restored, _ = checkpoints.restore(1, linen_state(ADAM, seed=2))
