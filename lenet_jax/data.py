@@ -301,6 +301,8 @@ def load(cfg: DataConfig) -> Dataset:
                                                           validation_size(cfg))
   except ValueError as e:
     raise ValueError(f'dataset={cfg.dataset!r} from {source}: {e}') from None
+  test_order = content_order(test_x, test_y)  # so equal data has equal fingerprints
+  test_x, test_y = test_x[test_order], test_y[test_order]
   logging.info('dataset %s from %s: %d train, %d validation, %d test', cfg.dataset,
                source, len(train_x), len(val_x), len(test_x))
   return Dataset(cfg.dataset, source, train_x, train_y, val_x, val_y, test_x, test_y)

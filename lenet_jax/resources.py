@@ -20,7 +20,7 @@ PARAM_COPIES = {'sgd': 2, 'momentum': 3, 'adam': 4, 'adamw': 4}
 # Per activation while training: the output kept for the backward pass, its
 # gradient, and one temporary (an im2col patch matrix, a pooling mask).
 TRAIN_ACTIVATION_COPIES = 3
-EVAL_ACTIVATION_COPIES = 2  # one layer's input and output at a time, rounded up
+EVAL_ACTIVATION_COPIES = 2  # one layer's input and output
 GiB = 2**30
 
 
@@ -28,11 +28,12 @@ def estimate(cfg: Config, models: int = 1, stacked: bool = False) -> dict[str, i
   """Bytes a group of `models` runs of `cfg` needs (`stacked`: all in one program)."""
   layers = arch.trace(cfg.model)
   params = sum(l.params for l in layers)
-  per_example = math.prod(cfg.model.input_shape) + sum(math.prod(l.out_shape)
-                                                       for l in layers)
+  sizes = [math.prod(cfg.model.input_shape)] + [math.prod(l.out_shape) for l in layers]
   state = BYTES * params * PARAM_COPIES[cfg.optim.optimizer] * models
-  activations = BYTES * per_example * max(cfg.batch_size * TRAIN_ACTIVATION_COPIES,
-                                          cfg.eval_batch_size * EVAL_ACTIVATION_COPIES)
+  # Training keeps every layer's output for the backward pass; evaluation
+  # needs one layer's input and output at a time.
+  activations = BYTES * max(sum(sizes) * cfg.batch_size * TRAIN_ACTIVATION_COPIES,
+                            max(sizes) * cfg.eval_batch_size * EVAL_ACTIVATION_COPIES)
   activations *= models if stacked else 1
   return {'state': state, 'activations': activations, 'total': state + activations}
 

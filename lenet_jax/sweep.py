@@ -280,26 +280,48 @@ def read_sweep_json(workdir: str) -> dict[str, Any] | None:
   return recorded
 
 
-def claim_workdir(workdir: str, sweep: Sweep, group_mode: str) -> None:
-  """Records the sweep and its group mode in `workdir`, refusing a workdir that
-  holds another sweep or the same sweep trained in the other group mode."""
+def execution(stacked: bool, max_models: int) -> dict[str, Any]:
+  """What, beyond the configs, decides a sweep's results to the last bit.
+
+  In turn, every run computes exactly what it would alone. Stacked (vmap),
+  a run's float arithmetic depends on how many models share its program, so
+  the group size (`max_models`) and the devices they are spread over count too.
+  """
+  if not stacked:
+    return {'group_mode': 'in_turn'}
+  import jax  # pylint: disable=import-outside-toplevel
+  return {'group_mode': 'vmap', 'max_models': max_models,
+          'devices': jax.local_device_count()}
+
+
+_FLAG_OF = {'group_mode': '--group_mode', 'max_models': '--max_models',
+            'devices': 'the number of devices'}
+
+
+def claim_workdir(workdir: str, sweep: Sweep, how: dict[str, Any]) -> None:
+  """Records the sweep and how it trains (`execution`) in `workdir`, refusing a
+  workdir that holds another sweep or the same sweep trained another way."""
   check_writable(workdir)
-  described = {**_describe(sweep), 'group_mode': group_mode}
   recorded = read_sweep_json(workdir)
   path = os.path.join(workdir, 'sweep.json')
   if recorded is None:
-    atomic_write(path, json.dumps(described, indent=2, sort_keys=True))
+    atomic_write(path, json.dumps({**_describe(sweep), 'execution': how}, indent=2,
+                                  sort_keys=True))
     return
-  if {k: v for k, v in recorded.items() if k != 'group_mode'} != _describe(sweep):
+  if {k: v for k, v in recorded.items() if k != 'execution'} != _describe(sweep):
     raise ValueError(f'--workdir={workdir} holds results of a different sweep '
                      f'(see {path}); use a new --workdir for this one, or the '
                      'same flags as before to resume that sweep.')
-  if recorded.get('group_mode') != group_mode:
+  before = recorded.get('execution', {})
+  if before != how:
+    differ = ', '.join(f'{_FLAG_OF[k]} {before.get(k)!r} then, {how.get(k)!r} now'
+                       for k in sorted(set(before) | set(how)) if before.get(k) != how.get(k))
+    was = ' '.join(f'{_FLAG_OF[k]}={v}' for k, v in before.items() if k != 'devices')
     raise ValueError(
-        f'--workdir={workdir} was trained with group mode {recorded.get("group_mode")!r} '
-        f'(see {path}) and this process would train {group_mode!r}. The two modes differ '
-        'in the last bits of float arithmetic, so one sweep must not mix them: resume '
-        f'with --group_mode={recorded.get("group_mode")}, or use a new --workdir.')
+        f'--workdir={workdir} was trained with group mode {before.get("group_mode")!r} '
+        f'({differ}; see {path}). Runs trained in turn, or stacked in groups of another '
+        'size, differ in the last bits of float arithmetic, so one sweep must not mix '
+        f'them: resume with {was}, or use a new --workdir.')
 
 
 def merge(sweep: Sweep, workdir: str) -> tuple[list[dict[str, Any]], list[Config], list[str]]:
@@ -449,7 +471,7 @@ def run_sweep(sweep: Sweep, workdir: str | None,
                   f'results.shard-{shard_index}-of-{num_shards}')
   check_writable(workdir)
   with workdir_lib.sweep_lock(workdir, num_shards, shard_index):
-    claim_workdir(workdir, sweep, 'vmap' if stacked else 'in_turn')
+    claim_workdir(workdir, sweep, execution(stacked, max_models))
     for path in workdir_lib.clean_temporaries(
         [run_dir(workdir, c) for c in mine] + _results_paths(workdir, results_name)
         + [os.path.join(workdir, 'sweep.json')]):

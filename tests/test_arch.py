@@ -1,4 +1,6 @@
 """Analytic shapes, parameter counts and FLOPs, held against the real parameter tree."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,3 +97,20 @@ def test_describe_prints_every_layer():
   text = arch.describe(ModelConfig())
   for name in ('block1_conv1', 'block2_maxpool', 'flatten', 'logits', '61,706'):
     assert name in text
+
+
+@pytest.mark.parametrize('config, message', [
+    # Its first conv (5x5, no padding) has no output on a 4x4 image: built
+    # directly, it used to make a network whose output ignored its input.
+    (ModelConfig(channels=(2, 2), kernel_size=(5, 1), padding=('valid', 3), pool='none',
+                 dense=(), input_shape=(4, 4, 1), conv_impl='xla'),
+     'impossible architecture at block 1 conv 1'),
+    (ModelConfig(channels=(6, 16, 32), padding=('valid',)), 'impossible architecture at block 3'),
+    (ModelConfig(activation='swish'), "model.activation='swish' is not one of"),
+    (ModelConfig(channels=(6, 0)), 'model.channels[1]=0 must be a positive integer'),
+    (ModelConfig(kernel_size=(5, 3, 3)), 'kernel_size=(5, 3, 3) has 3 entries'),
+])
+def test_lenet5_built_directly_is_held_to_the_command_lines_rules(config, message):
+  """One validation (lenet_jax.validation) for the module and every entry point."""
+  with pytest.raises(ValueError, match=re.escape(message)):
+    LeNet5(config).init(jax.random.key(0), jnp.zeros((1, *config.input_shape)))

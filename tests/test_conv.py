@@ -257,3 +257,33 @@ def test_a_corrupt_native_library_says_to_delete_it(tmp_path, monkeypatch):
   native.load()  # the real library loads again and re-registers its targets
   x = jnp.ones((1, 4, 4, 16))
   np.testing.assert_allclose(native.max_pool(x, 2), jnp.ones((1, 2, 2, 16)))
+
+
+@pytest.mark.parametrize('impl', ['xla', 'patches', 'native'])
+@pytest.mark.parametrize('window', [2, 6])
+def test_max_pooling_never_hides_nan(impl, window):
+  """XLA's CPU max reduction drops NaN for most shapes (a window of ones and one
+  NaN pools to 1.0); every implementation must give NaN, so divergence shows."""
+  from lenet_jax import model  # pylint: disable=import-outside-toplevel
+  fn = conv.conv_impl(impl)
+  x = np.ones((2, 12, 12, 33), np.float32)
+  x[0, 0, 0, 0] = np.nan
+  if conv.is_batch_minor(fn):
+    x = x.transpose(3, 1, 2, 0)
+  y = np.asarray(model.pool(jnp.asarray(x), 'max', window, fn))
+  assert np.isnan(y).sum() == 1
+  if conv.is_batch_minor(fn):
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(np.asarray(conv.window_pool(
+        jnp.asarray(x), window, 'max'))).sum() == 1
+
+
+@pytest.mark.parametrize('impl', ['xla', 'patches', 'native'])
+def test_a_nan_pixel_reaches_the_logits(impl):
+  from lenet_jax.model import LeNet5  # pylint: disable=import-outside-toplevel
+  from lenet_jax.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  net = LeNet5(ModelConfig(activation='relu', conv_impl=impl))
+  x = np.ones((3, 28, 28, 1), np.float32)
+  x[1, 5, 5, 0] = np.nan
+  variables = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  logits = np.asarray(net.apply(variables, jnp.asarray(x)))
+  assert np.isnan(logits[1]).all() and np.isfinite(logits[[0, 2]]).all()

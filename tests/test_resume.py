@@ -135,10 +135,17 @@ def test_tensorboard_event_files_with_hyperparameters(idx_dir, tmp_path):
 @pytest.mark.parametrize('args, message', [
     (['--workdir=/proc/version/sub'], 'is not writable'),
     (['--num_shards=3', '--shard_index=3'], '--shard_index=3 must be in 0..2'),
+    # Far beyond this machine's memory: refused from the analytic trace, at once.
+    (['--channels=100000,16'], 'channels=(100000, 16), dense=(16,), batch_size=16, '
+                               'eval_batch_size=1000) needs about'),
+    (['--dense=2000000000'], 'GiB of available memory (MemAvailable) here. Use fewer '
+                             'channels or dense units'),
 ])
 def test_bad_workdirs_and_shards(idx_dir, tmp_path, args, message):
+  start = time.time()
   proc = _run(_cmd(idx_dir, str(tmp_path / 'w'), '--epochs=1', *args))
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+  assert 'Traceback' not in proc.stderr and time.time() - start < 60
 
 
 def test_a_workdir_of_another_sweep_is_refused(idx_dir, tmp_path):
@@ -244,8 +251,15 @@ def test_a_workdir_is_never_resumed_in_the_other_group_mode(idx_dir, tmp_path):
   assert proc.returncode == 2
   assert "was trained with group mode 'in_turn'" in proc.stderr
   assert 'resume with --group_mode=in_turn' in proc.stderr
-  assert json.load(open(os.path.join(workdir, 'sweep.json')))['group_mode'] == 'in_turn'
+  recorded = json.load(open(os.path.join(workdir, 'sweep.json')))['execution']
+  assert recorded == {'group_mode': 'in_turn'}
   assert {r['group_mode'] for r in _rows(os.path.join(workdir, 'results.csv'))} == {'in_turn'}
+  # Stacked, the group size decides the last bits too.
+  stacked = str(tmp_path / 'stacked')
+  assert _run(_cmd(idx_dir, stacked, *sweep, '--group_mode=vmap')).returncode == 0
+  proc = _run(_cmd(idx_dir, stacked, *sweep, '--group_mode=vmap', '--max_models=1'))
+  assert proc.returncode == 2 and '--max_models 8 then, 1 now' in proc.stderr
+  assert 'resume with --group_mode=vmap --max_models=8' in proc.stderr
 
 
 def test_a_vmap_sweep_killed_mid_group_resumes_to_the_uninterrupted_results(idx_dir, tmp_path):
