@@ -14,6 +14,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from lenet_jax import workdir
@@ -47,7 +48,8 @@ class RunCheckpoints:
     """Saves the state after `epochs_done` epochs; SIGINT/SIGTERM wait until it is whole."""
     arrays = _arrays(state)
     # The arrays, orbax's metadata and the history, with room to spare.
-    needed = 2 * sum(x.nbytes for x in jax.tree.leaves(arrays)) + 64 * 1024 + 512 * len(history)
+    needed = (2 * sum(np.asarray(x).nbytes for x in jax.tree.leaves(arrays)) + 64 * 1024
+              + 512 * len(history))
     workdir.require_space(self.directory, needed)
     with workdir.deferred_signals():
       try:
