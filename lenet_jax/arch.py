@@ -13,7 +13,7 @@ from lenet_jax.config import ModelConfig
 @dataclasses.dataclass(frozen=True)
 class Layer:
   name: str  # the module name in the parameter tree, or a descriptive one
-  kind: str  # conv, batchnorm, pool, flatten, dense
+  kind: str  # conv, batchnorm, pool, flatten (the dense input: 'flatten' or 'gap'), dense
   out_shape: tuple[int, ...]  # (H, W, C) or (features,)
   params: int  # trainable parameters
   macs: int  # multiply-adds per example, forward
@@ -33,6 +33,11 @@ def conv_name(block: int, conv: int) -> str:
   return f'block{block}_conv{conv}'
 
 
+def conv_stride(model: ModelConfig, last_in_block: bool) -> int:
+  """A conv's stride: pool_size for a block's last conv under pool='stride', else 1."""
+  return model.pool_size if model.pool == 'stride' and last_in_block else 1
+
+
 def trace(model: ModelConfig) -> list[Layer]:
   """Every layer's output shape, parameters, multiply-adds and receptive field."""
   height, width, channels = model.input_shape
@@ -50,16 +55,21 @@ def trace(model: ModelConfig) -> list[Layer]:
             f'{size} + {lo + hi} - {kernel} + 1 = {size + lo + hi - kernel + 1} <= 0 '
             f'(input {height}x{width}, kernel {kernel}, padding {padding!r}). Use a '
             "smaller kernel, 'same' padding, fewer blocks or no pooling before it.")
+      # pool='stride': the block's last conv keeps every s-th row and column,
+      # ceil(size / s) of them, and only those cost multiply-adds.
+      stride = conv_stride(model, c == convs)
+      new_h, new_w = -(-new_h // stride), -(-new_w // stride)
       macs = new_h * new_w * features * kernel * kernel * channels
       height, width = new_h, new_w
       rf += (kernel - 1) * jump
+      jump *= stride
       layers.append(Layer(name, 'conv', (height, width, features),
                           kernel * kernel * channels * features + features, macs, rf))
       channels = features
       if model.normalization == 'batch':
         layers.append(Layer(f'block{b}_bn{c}', 'batchnorm', (height, width, channels),
                             2 * channels, 0, rf))
-    if model.pool != 'none':
+    if model.pool not in ('none', 'stride'):
       p = model.pool_size
       if height // p <= 0 or width // p <= 0:
         size = height if height // p <= 0 else width
@@ -72,8 +82,12 @@ def trace(model: ModelConfig) -> list[Layer]:
       jump *= p
       layers.append(Layer(f'block{b}_{model.pool}pool', 'pool',
                           (height, width, channels), 0, 0, rf))
-  features = height * width * channels
-  layers.append(Layer('flatten', 'flatten', (features,), 0, 0, rf))
+  if model.head == 'gap':  # one mean per channel, whatever the map size
+    features = channels
+    layers.append(Layer('gap', 'flatten', (features,), 0, 0, rf))
+  else:
+    features = height * width * channels
+    layers.append(Layer('flatten', 'flatten', (features,), 0, 0, rf))
   widths = list(model.dense) + [model.num_classes]
   for i, out in enumerate(widths, start=1):
     name = 'logits' if i == len(widths) else f'dense{i}'

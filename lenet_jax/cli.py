@@ -64,8 +64,12 @@ def is_tuple_field(key: str) -> bool:
 
 
 def _scalar(key: str, text: str, kind) -> typing.Any:
-  """Parses one value of type `kind` (int, float, str, str | int, str | None)."""
+  """Parses one value of type `kind` (bool, int, float, str, str | int, str | None)."""
   text = text.strip()
+  if kind is bool:  # only the two words: '1' or 'yes' would be a guess
+    if text.lower() in ('true', 'false'):
+      return text.lower() == 'true'
+    raise ValueError(f'--{flag_name(key)}: {text!r} is not a valid bool; use true or false.')
   options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
   if type(None) in options and text.lower() == 'none':
     return None

@@ -9,7 +9,8 @@ import dataclasses
 from typing import Any
 
 ACTIVATIONS = ('sigmoid', 'tanh', 'relu', 'gelu', 'silu')
-POOLS = ('max', 'avg', 'none')
+POOLS = ('max', 'avg', 'none', 'stride')
+HEADS = ('flatten', 'gap')
 NORMALIZATIONS = ('none', 'batch')
 CONV_REDUCTIONS = ('sum', 'mean')
 INITS = ('lecun', 'xavier', 'he', 'torch')
@@ -25,14 +26,17 @@ class ModelConfig:
   padding: tuple[str | int, ...] = (2, 'valid')  # per block: same, valid or pixels per side
   convs_per_block: tuple[int, ...] = (1,)  # stacked convs of that kernel
   activation: str = 'sigmoid'  # after every conv and hidden dense layer
-  pool: str = 'max'  # 'max', 'avg' or 'none', after each block
-  pool_size: int = 2  # pooling window, stride equal to the window
+  inner_activation: bool = True  # false: none between a block's stacked convs
+  pool: str = 'max'  # 'max', 'avg', 'none' after each block; 'stride': last conv strided
+  pool_size: int = 2  # pooling window and stride (pool='stride': the conv's stride)
   dense: tuple[int, ...] = (120, 84)  # hidden dense widths after flatten
+  head: str = 'flatten'  # dense input: 'flatten' the maps, or 'gap' (mean over H, W)
   num_classes: int = 10  # outputs of the last dense layer
   input_shape: tuple[int, int, int] = (28, 28, 1)  # H, W, C of one image
   normalization: str = 'none'  # 'batch': batch norm after each conv
   conv_reduction: str = 'sum'  # 'mean' divides each conv output by k*k
   init: str = 'lecun'  # kernel initialiser: lecun, xavier, he, torch
+  conv_init_scale: float = 1.0  # multiplies every conv's initial kernel
   conv_impl: str = 'auto'  # 'native' (fastest on CPU), 'patches', 'xla'; 'auto' per backend
 
   def blocks(self) -> list[tuple[int, int, str | int, int]]:
@@ -65,6 +69,7 @@ class OptimConfig:
   step_decay_factor: float = 0.1  # for 'step': multiply lr by this ...
   step_decay_every: int = 5  # ... every this many epochs
   frozen: tuple[str, ...] = ()  # modules kept at their initial values, e.g. block1_conv1
+  conv_lr_scale: float = 1.0  # multiplies every conv's updates (kernel and bias)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,7 @@ class DataConfig:
   source: str = 'auto'  # auto, tfds, idx
   idx_dir: str | None = None  # directory of IDX files (else $LENET_JAX_IDX_DIR)
   tfds_data_dir: str | None = None  # TFDS data_dir (None: TFDS's default)
+  augment_shift: int = 0  # training images shifted by random dy, dx in [-this, this]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -208,11 +208,12 @@ def train_group(configs: list[Config], dataset: Dataset,
     splits = jax.device_put(splits, replicate)
     if shard_models.mesh.size > 1:  # each device its own models, no communication
       epoch_many, evaluate_many = train.many_over_devices(
-          shard_models.mesh, base.batch_size, base.eval_batch_size)
+          shard_models.mesh, base.batch_size, base.eval_batch_size, base.data.augment_shift)
       epoch_args, eval_args = (), ()
     else:
       epoch_many, evaluate_many = train.train_epoch_many, train.evaluate_many
-      epoch_args, eval_args = (base.batch_size,), (base.eval_batch_size,)
+      epoch_args = (base.batch_size, base.data.augment_shift)
+      eval_args = (base.eval_batch_size,)
     epoch_fn = epoch_many.lower(stack(states), images, labels, keys_for(0),
                                 *epoch_args).compile()
     eval_fns = {name: evaluate_many.lower(stack(states), x, y, *eval_args).compile()
@@ -224,7 +225,8 @@ def train_group(configs: list[Config], dataset: Dataset,
       splits = jax.device_put(splits, replicate)
       states = jax.device_put(states, replicate)
     epoch_fn = train.train_epoch.lower(states[0], images, labels, data_keys[0],
-                                       base.batch_size, batch_sharding).compile()
+                                       base.batch_size, batch_sharding,
+                                       base.data.augment_shift).compile()
     eval_fns = {name: train.evaluate.lower(states[0], x, y, base.eval_batch_size).compile()
                 for name, (x, y) in splits.items()}
   compile_seconds = time.perf_counter() - start

@@ -53,13 +53,19 @@ def pool(x, kind: str, size: int, conv_fn):
 
 
 class Conv(nn.Module):
-  """A stride-1 convolution with nn.Conv's parameters ('kernel' HWIO, 'bias') in any layout."""
+  """A convolution with nn.Conv's parameters ('kernel' HWIO, 'bias') in any layout."""
   features: int
   kernel_size: int
   pads: tuple[int, int]
   kernel_init: Callable
   conv_fn: Callable = jax.lax.conv_general_dilated
   layout: str = 'NHWC'  # or 'CHWN'
+  # The native and patches convolutions run stride 1 only, so a stride s is
+  # the stride-1 convolution subsampled [::s, ::s]: output (i, j) of a strided
+  # convolution with the same padding is the stride-1 output (s*i, s*j), so
+  # the values are the same, ceil(size / s) per side. H and W are axes 1 and
+  # 2 in both layouts.
+  stride: int = 1
   # > 0: max-pool the convolution with this window before adding the bias.
   # A per-channel bias commutes with max pooling, max(x + b) = max(x) + b, so
   # it touches a quarter of the values; the native path fuses conv and pool
@@ -80,6 +86,8 @@ class Conv(nn.Module):
                        dimension_numbers=(self.layout, 'HWIO', self.layout))
       if window:
         y = pool(y, 'max', window, self.conv_fn)
+    if self.stride > 1:
+      y = y[:, ::self.stride, ::self.stride, :]
     return y + bias.reshape([-1 if a == channel_axis else 1 for a in range(4)])
 
 
@@ -89,11 +97,19 @@ class LeNet5(nn.Module):
   With the CPU convolutions (native, the CPU default, and patches) the conv
   blocks run in the batch-minor CHWN layout, where the kernels vectorise over
   the batch; the function and the parameters are the same in either layout.
+  `features` returns the first dense layer's input (the flattened or
+  averaged maps):
+
+      LeNet5(cfg).apply(variables, x, method=LeNet5.features)
   """
   config: ModelConfig = ModelConfig()
 
+  def features(self, x_BxHxWxC, train: bool = False):
+    """The input of the first dense layer, (batch, features)."""
+    return self(x_BxHxWxC, train, features_only=True)
+
   @nn.compact
-  def __call__(self, x_BxHxWxC, train: bool = False):
+  def __call__(self, x_BxHxWxC, train: bool = False, *, features_only: bool = False):
     cfg = self.config
     validation.check_model(cfg)  # the same rules as the command line's
     if tuple(x_BxHxWxC.shape[1:]) != tuple(cfg.input_shape):
@@ -102,6 +118,9 @@ class LeNet5(nn.Module):
                        'ModelConfig.input_shape to the data (run.py does this).')
     act = ACTIVATION_FNS[cfg.activation]
     kernel_init = KERNEL_INITS[cfg.init]
+    conv_init = kernel_init
+    if cfg.conv_init_scale != 1:
+      conv_init = lambda *args: cfg.conv_init_scale * kernel_init(*args)
     conv_fn = conv.conv_impl(cfg.conv_impl)
     layout = 'CHWN' if conv.is_batch_minor(conv_fn) else 'NHWC'
     channel_axis = layout.index('C')
@@ -114,11 +133,11 @@ class LeNet5(nn.Module):
         # and the activation touches a quarter of the values.
         pool_first = last and cfg.pool == 'max' and cfg.activation in MONOTONE
         if pool_first and cfg.normalization == 'none' and cfg.conv_reduction == 'sum':
-          x = act(Conv(features, kernel, pads, kernel_init, conv_fn, layout,
+          x = act(Conv(features, kernel, pads, conv_init, conv_fn, layout,
                        max_pool_window=cfg.pool_size, name=arch.conv_name(b, c))(x))
           continue
-        x = Conv(features, kernel, pads, kernel_init, conv_fn, layout,
-                 name=arch.conv_name(b, c))(x)
+        x = Conv(features, kernel, pads, conv_init, conv_fn, layout,
+                 stride=arch.conv_stride(cfg, last), name=arch.conv_name(b, c))(x)
         if cfg.conv_reduction == 'mean':
           # The note's "sum, then average": a fixed 1/k^2 rescaling of the sum.
           x = x / (kernel * kernel)
@@ -127,13 +146,19 @@ class LeNet5(nn.Module):
                            name=f'block{b}_bn{c}')(x)
         if pool_first:
           x = act(pool(x, cfg.pool, cfg.pool_size, conv_fn))
-        else:
+        elif last or cfg.inner_activation:  # False: stacked convs compose linearly
           x = act(x)
-          if last and cfg.pool != 'none':
+          if last and cfg.pool not in ('none', 'stride'):
             x = pool(x, cfg.pool, cfg.pool_size, conv_fn)
-    if layout == 'CHWN':
-      x = x.transpose(3, 1, 2, 0)  # flatten in (H, W, C) order, as in NHWC
-    x = x.reshape(x.shape[0], -1)
+    if cfg.head == 'gap':
+      x = x.mean(axis=(1, 2))  # H and W are axes 1 and 2 in both layouts
+      x = x.T if layout == 'CHWN' else x
+    else:
+      if layout == 'CHWN':
+        x = x.transpose(3, 1, 2, 0)  # flatten in (H, W, C) order, as in NHWC
+      x = x.reshape(x.shape[0], -1)
+    if features_only:
+      return x
     for i, width in enumerate(cfg.dense, start=1):
       x = act(nn.Dense(width, kernel_init=kernel_init, name=f'dense{i}')(x))
     return nn.Dense(cfg.num_classes, kernel_init=kernel_init, name='logits')(x)

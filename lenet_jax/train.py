@@ -89,23 +89,51 @@ train_step = jax.jit(_train_step, donate_argnums=0)
 eval_step = jax.jit(_eval_step)
 
 
+def shift_batch(images, key, max_shift: int):
+  """Each image translated by its own random (dy, dx) in [-max_shift, max_shift]^2.
+
+  Image i moves to out[y, x] = images[i, y - dy, x - dx], the uncovered border
+  filled with 0, as experiments/common.py's shift_images. Any dtype; on the
+  device.
+  """
+  s = max_shift
+  height, width = images.shape[1:3]
+  shifts = jax.random.randint(key, (images.shape[0], 2), -s, s + 1)
+  padded = jnp.pad(images, ((0, 0), (s, s), (s, s)) + ((0, 0),) * (images.ndim - 3))
+
+  def crop(image, shift):
+    start = (s - shift[0], s - shift[1]) + (0,) * (image.ndim - 2)
+    return jax.lax.dynamic_slice(image, start, (height, width) + image.shape[2:])
+
+  return jax.vmap(crop)(padded, shifts)
+
+
 def _train_epoch(state: TrainState, images, labels, key, batch_size: int,
-                 batch_sharding=None):
+                 batch_sharding=None, augment_shift: int = 0):
   """One epoch in one program: a fresh permutation, full batches, scanned steps.
 
   `batch_sharding` (a NamedSharding of the batch axis) splits every batch over
   devices: data parallelism, with XLA summing the gradients across them.
+  `augment_shift` > 0: every training image is shifted at random (see
+  `shift_batch`), by a key that is `key` folded with the step of the epoch.
   """
   steps = images.shape[0] // batch_size  # the remainder batch is dropped
   order = jax.random.permutation(key, images.shape[0])[:steps * batch_size]
 
-  def body(state, idx):
+  def body(state, xs):
+    step, idx = xs if augment_shift else (None, xs)
     batch = {'image': images[idx], 'label': labels[idx]}
+    if augment_shift:  # static: at 0 the program is the one without augmentation
+      batch['image'] = shift_batch(batch['image'], jax.random.fold_in(key, step),
+                                   augment_shift)
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return _train_step(state, batch)
 
-  state, metrics = jax.lax.scan(body, state, order.reshape(steps, batch_size))
+  batches = order.reshape(steps, batch_size)
+  if augment_shift:
+    batches = (jnp.arange(steps), batches)
+  state, metrics = jax.lax.scan(body, state, batches)
   # Full batches of equal size, so the mean of batch means is the epoch mean.
   return state, {'loss': metrics['loss'].mean(), 'correct': metrics['correct'].sum(),
                  'count': metrics['count'].sum()}
@@ -132,18 +160,24 @@ def _evaluate(state: TrainState, images, labels, batch_size: int):
   return totals
 
 
-train_epoch = jax.jit(_train_epoch, static_argnames=('batch_size', 'batch_sharding'),
-                      donate_argnums=0)
+train_epoch = jax.jit(_train_epoch, donate_argnums=0,
+                      static_argnames=('batch_size', 'batch_sharding', 'augment_shift'))
 evaluate = jax.jit(_evaluate, static_argnames='batch_size')
-# A leading model axis on the state and the key; the data is shared.
-train_epoch_many = jax.jit(
-    jax.vmap(_train_epoch, in_axes=(0, None, None, 0, None)),
-    static_argnums=4, donate_argnums=0)
+
+
+def _train_epoch_many(states, images, labels, keys, batch_size: int, augment_shift: int = 0):
+  # A leading model axis on the state and the key; the data is shared.
+  epoch = functools.partial(_train_epoch, batch_size=batch_size, augment_shift=augment_shift)
+  return jax.vmap(epoch, in_axes=(0, None, None, 0))(states, images, labels, keys)
+
+
+train_epoch_many = jax.jit(_train_epoch_many, static_argnames=('batch_size', 'augment_shift'),
+                           donate_argnums=0)
 evaluate_many = jax.jit(jax.vmap(_evaluate, in_axes=(0, None, None, None)),
                         static_argnums=3)
 
 
-def many_over_devices(mesh, batch_size: int, eval_batch_size: int):
+def many_over_devices(mesh, batch_size: int, eval_batch_size: int, augment_shift: int = 0):
   """(train_epoch, evaluate) over models split along `mesh`'s 'models' axis.
 
   The same functions as `train_epoch_many`/`evaluate_many`, but under
@@ -154,7 +188,8 @@ def many_over_devices(mesh, batch_size: int, eval_batch_size: int):
   functions, without the batch sizes.
   """
   models, shared = PartitionSpec('models'), PartitionSpec()
-  epoch = jax.vmap(functools.partial(_train_epoch, batch_size=batch_size),
+  epoch = jax.vmap(functools.partial(_train_epoch, batch_size=batch_size,
+                                     augment_shift=augment_shift),
                    in_axes=(0, None, None, 0))
   evaluate_ = jax.vmap(functools.partial(_evaluate, batch_size=eval_batch_size),
                        in_axes=(0, None, None))

@@ -47,6 +47,13 @@ def check_model(m: ModelConfig) -> list[arch.Layer]:
   _choice('model.conv_reduction', m.conv_reduction, config_lib.CONV_REDUCTIONS)
   _choice('model.init', m.init, config_lib.INITS)
   _choice('model.conv_impl', m.conv_impl, conv.CONV_IMPLS)
+  _choice('model.head', m.head, config_lib.HEADS)
+  if not isinstance(m.inner_activation, bool):
+    raise ValueError(f'model.inner_activation={m.inner_activation!r} must be True or False '
+                     '(on the command line: true or false).')
+  if not _finite('model.conv_init_scale', m.conv_init_scale) > 0:
+    raise ValueError(f'model.conv_init_scale={m.conv_init_scale!r} must be > 0: it '
+                     'multiplies the initial conv kernels (1 keeps the initialiser).')
   if m.conv_impl == 'native' and (reason := native.available()) is not None:
     raise ValueError(f"model.conv_impl='native' cannot run here: {reason} "
                      "Use conv_impl='auto' or 'patches'.")
@@ -69,7 +76,11 @@ def check_model(m: ModelConfig) -> list[arch.Layer]:
                                        and p >= 0)):
       raise ValueError(f"model.padding[{i}]={p!r} must be 'same', 'valid' or a "
                        'non-negative integer (pixels on each side).')
-  m.blocks()  # per-block fields agree with the number of blocks
+  blocks = m.blocks()  # per-block fields agree with the number of blocks
+  if not m.inner_activation and all(convs == 1 for *_, convs in blocks):
+    raise ValueError(f'model.inner_activation=False has no effect: no block stacks convs '
+                     f'(convs_per_block={m.convs_per_block}). Set convs_per_block >= 2 '
+                     'for some block, or leave inner_activation=True.')
   return arch.trace(m)  # an impossible architecture fails here, before compiling
 
 
@@ -87,6 +98,9 @@ def _check_optim(cfg: Config, layers: list[arch.Layer]) -> None:
     raise ValueError(f'optim.step_decay_factor={o.step_decay_factor!r} must be in (0, 1]: '
                      'the learning rate is multiplied by it every step_decay_every epochs.')
   _positive_int('optim.step_decay_every', o.step_decay_every)
+  if not _finite('optim.conv_lr_scale', o.conv_lr_scale) > 0:
+    raise ValueError(f'optim.conv_lr_scale={o.conv_lr_scale!r} must be > 0 (to keep conv '
+                     'layers at their initial values, name them in optim.frozen).')
   if o.frozen:
     names = [l.name for l in layers if l.params]
     unknown = [n for n in o.frozen if n not in names]
@@ -99,6 +113,12 @@ def _check_data(cfg: Config) -> None:
   d = cfg.data
   info = data_lib.dataset_info(d.dataset)
   _choice('data.source', d.source, data_lib.SOURCES)
+  most = min(cfg.model.input_shape[:2]) - 1
+  if (isinstance(d.augment_shift, bool) or not isinstance(d.augment_shift, int)
+      or not 0 <= d.augment_shift <= most):
+    raise ValueError(f'data.augment_shift={d.augment_shift!r} must be an integer in '
+                     f'0..{most} (pixels, less than the {cfg.model.input_shape[0]}x'
+                     f'{cfg.model.input_shape[1]} images); 0 turns the shifts off.')
   if d.validation_size is not None and (
       isinstance(d.validation_size, bool) or not isinstance(d.validation_size, int)
       or d.validation_size < 0):
