@@ -21,6 +21,12 @@ ARCHITECTURES = [
     ModelConfig(normalization='batch', activation='relu'),
     ModelConfig(input_shape=(32, 32, 3), padding=('valid',), kernel_size=(5,)),
     ModelConfig(input_shape=(32, 32, 3), kernel_size=(7, 2), padding=(3, 'same'), pool_size=3),
+    ModelConfig(pool='stride'),
+    ModelConfig(pool='stride', pool_size=3, kernel_size=(3,), padding=('same',),
+                convs_per_block=(2,), inner_activation=False, normalization='batch'),
+    ModelConfig(head='gap'),
+    ModelConfig(head='gap', pool='stride', input_shape=(32, 32, 3), dense=()),
+    ModelConfig(conv_init_scale=25.0, conv_reduction='mean', pool='avg'),
 ]
 
 
@@ -85,6 +91,59 @@ def test_receptive_field():
   assert arch.totals(stacked)['receptive_field'] == 16
 
 
+def test_strided_conv_shapes_macs_and_receptive_field():
+  # 28 -> conv 28 -> every 2nd: 14; 14 -> conv 10 -> every 2nd: 5 (LeNet's sizes).
+  layers = arch.trace(ModelConfig(pool='stride'))
+  assert [l.name for l in layers][:2] == ['block1_conv1', 'block2_conv1']
+  assert [l.out_shape for l in layers][:3] == [(14, 14, 6), (5, 5, 16), (400,)]
+  # Only the kept output positions cost multiply-adds: a quarter of the stride-1 conv's.
+  assert layers[0].macs == 14 * 14 * 6 * 5 * 5 * 1
+  assert layers[1].macs == 5 * 5 * 16 * 5 * 5 * 6
+  # 5; then 5x5 at jump 2: 5 + 4*2 = 13 (pooling would have added 1 per block).
+  assert [l.receptive_field for l in layers][:2] == [5, 13]
+  # An odd map keeps ceil(size / s): 9 -> 5 at stride 2, 10 -> 4 at stride 3.
+  odd = arch.trace(ModelConfig(channels=(4,), kernel_size=(3,), padding=('valid',),
+                               pool='stride', input_shape=(11, 11, 1)))
+  assert odd[0].out_shape == (5, 5, 4)
+  three = arch.trace(ModelConfig(channels=(4,), kernel_size=(3,), padding=('same',),
+                                 convs_per_block=(2,), pool='stride', pool_size=3,
+                                 input_shape=(10, 10, 1)))
+  assert [l.out_shape for l in three][:2] == [(10, 10, 4), (4, 4, 4)]
+  assert [l.receptive_field for l in three][:2] == [3, 5]
+
+
+@pytest.mark.parametrize('conv_impl', ['xla', 'patches'])
+@pytest.mark.parametrize('padding', ['valid', 'same', 1])
+def test_strided_conv_is_a_strided_convolution(conv_impl, padding):
+  """The stride-1 conv subsampled [::s, ::s] equals XLA's strided conv, NHWC and CHWN."""
+  cfg = ModelConfig(channels=(3,), kernel_size=(4,), padding=(padding,), pool='stride',
+                    pool_size=3, dense=(), activation='relu', input_shape=(13, 13, 2),
+                    conv_impl=conv_impl)
+  x = jax.random.normal(jax.random.key(1), (2, 13, 13, 2))
+  model = LeNet5(cfg)
+  variables = model.init(jax.random.key(0), x)
+  p = variables['params']['block1_conv1']
+  pads = arch.conv_pads(4, padding)
+  strided = jax.lax.conv_general_dilated(x, p['kernel'], (3, 3), (pads, pads),
+                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  expected = jax.nn.relu(strided + p['bias']).reshape(2, -1)
+  got = model.apply(variables, x, method=LeNet5.features)
+  assert got.shape == expected.shape == (2, int(np.prod(arch.trace(cfg)[0].out_shape)))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gap_head_does_not_grow_with_the_map():
+  def params(size, head):
+    return arch.totals(ModelConfig(head=head, input_shape=(size, size, 1),
+                                   padding=('same',)))['params']
+  assert params(28, 'gap') == params(64, 'gap')
+  assert params(28, 'flatten') != params(64, 'flatten')
+  layers = arch.trace(ModelConfig(head='gap', input_shape=(64, 64, 1), padding=('same',)))
+  assert [(l.name, l.out_shape) for l in layers if l.kind == 'flatten'] == [('gap', (16,))]
+  # The first dense layer takes C inputs instead of H*W*C: 16*120 + 120.
+  assert next(l for l in layers if l.name == 'dense1').params == 16 * 120 + 120
+
+
 def test_even_kernel_same_padding_is_asymmetric():
   assert arch.conv_pads(2, 'same') == (0, 1)
   assert arch.conv_pads(4, 'same') == (1, 2)
@@ -109,6 +168,12 @@ def test_describe_prints_every_layer():
     (ModelConfig(activation='swish'), "model.activation='swish' is not one of"),
     (ModelConfig(channels=(6, 0)), 'model.channels[1]=0 must be a positive integer'),
     (ModelConfig(kernel_size=(5, 3, 3)), 'kernel_size=(5, 3, 3) has 3 entries'),
+    (ModelConfig(head='avg'), "model.head='avg' is not one of ('flatten', 'gap')"),
+    (ModelConfig(pool='strided'), "model.pool='strided' is not one of"),
+    (ModelConfig(inner_activation='no'), "model.inner_activation='no' must be True or False"),
+    (ModelConfig(inner_activation=False), 'model.inner_activation=False has no effect'),
+    (ModelConfig(conv_init_scale=0.0), 'model.conv_init_scale=0.0 must be > 0'),
+    (ModelConfig(conv_init_scale=float('nan')), 'model.conv_init_scale=nan must be a finite'),
 ])
 def test_lenet5_built_directly_is_held_to_the_command_lines_rules(config, message):
   """One validation (lenet_jax.validation) for the module and every entry point."""
