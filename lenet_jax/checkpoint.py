@@ -32,6 +32,13 @@ def _arrays(state) -> dict[str, Any]:
   return arrays
 
 
+def _nbytes(leaf) -> int:
+  """Bytes of one leaf; a typed PRNG key (the state's `key`) counts its key data."""
+  if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    leaf = jax.random.key_data(leaf)
+  return np.asarray(leaf).nbytes
+
+
 class RunCheckpoints:
   """The checkpoints of one run, in `directory`, one per completed epoch."""
 
@@ -48,7 +55,7 @@ class RunCheckpoints:
     """Saves the state after `epochs_done` epochs; SIGINT/SIGTERM wait until it is whole."""
     arrays = _arrays(state)
     # The arrays, orbax's metadata and the history, with room to spare.
-    needed = (2 * sum(np.asarray(x).nbytes for x in jax.tree.leaves(arrays)) + 64 * 1024
+    needed = (2 * sum(_nbytes(x) for x in jax.tree.leaves(arrays)) + 64 * 1024
               + 512 * len(history))
     workdir.require_space(self.directory, needed)
     with workdir.deferred_signals():
