@@ -1,7 +1,10 @@
-"""Runs one experiment and writes its report:
+"""Runs or resumes one experiment; writes its report once every run has finished:
 
-  python -m experiments channel_growth            # full mode, into experiments/results/
-  python -m experiments channel_growth --quick    # about a minute, into experiments/results/<name>-quick
+  python -m experiments channel_growth                     # -> experiments/results/channel_growth/
+  python -m experiments channel_growth --max_minutes=50    # stop after ~50 min; rerun to continue
+  python -m experiments channel_growth --epochs=30         # headline check -> channel_growth-30ep/
+  python -m experiments channel_growth --dataset=mnist_5k  # headline check -> channel_growth-mnist_5k/
+  python -m experiments channel_growth --quick             # a pipeline check -> channel_growth-quick/
 """
 import importlib
 import os
@@ -12,24 +15,45 @@ from absl import flags
 
 from experiments import EXPERIMENTS, common
 from lenet_jax import cli
+from lenet_jax import workdir as workdir_lib
 
-flags.DEFINE_boolean('quick', False, 'About a minute: 1 epoch on 2,048 examples, 2 seeds.')
-flags.DEFINE_string('workdir', None, 'Where the runs and report.md go '
-                    '(default experiments/results/NAME, or NAME-quick with --quick).')
-flags.DEFINE_string('dataset', None, 'Override the dataset (default fashion_mnist).')
+flags.DEFINE_boolean('quick', False, 'A pipeline check: 1 epoch on 2,048 examples, 2 seeds, '
+                     '2 rates, 3 arms.')
+flags.DEFINE_string('workdir', None, 'Where the runs and report.md go (default '
+                    'experiments/results/NAME, with -30ep, -DATASET or -quick appended for '
+                    '--epochs, --dataset and --quick).')
+flags.DEFINE_integer('epochs', None, 'A headline check: train only the HEADLINE arms and '
+                     f'their references for this many epochs (the study checks '
+                     f'{common.CHECK_EPOCHS}).')
+flags.DEFINE_string('dataset', None, 'A headline check: train only the HEADLINE arms and '
+                    f'their references on this dataset (the study checks {common.CHECK_DATASET}).')
 flags.DEFINE_string('idx_dir', None, 'A directory of IDX files for the dataset.')
+flags.DEFINE_float('max_minutes', None, 'Stop after the group in progress once this many '
+                   'minutes have passed; the same command continues where it stopped.')
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def default_workdir(name: str, epochs: int | None, dataset: str | None, quick: bool) -> str:
+  suffix = (f'-{epochs}ep' if epochs else '') + (f'-{dataset}' if dataset else '')
+  return os.path.join(ROOT, 'results', name + suffix + ('-quick' if quick else ''))
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in EXPERIMENTS:
-    print(f'usage: python -m experiments NAME [--quick]; NAME is one of '
-          f'{", ".join(EXPERIMENTS)} (got {argv[1:]}).', file=sys.stderr)
+    print(f'usage: python -m experiments NAME [--quick] [--max_minutes=N] [--epochs=N] '
+          f'[--dataset=D]; NAME is one of {", ".join(EXPERIMENTS)} (got {argv[1:]}).',
+          file=sys.stderr)
+    return 2
+  if FLAGS.max_minutes is not None and not FLAGS.max_minutes >= 0:
+    print(f'error: --max_minutes={FLAGS.max_minutes} must be >= 0.', file=sys.stderr)
+    return 2
+  if FLAGS.epochs is not None and FLAGS.epochs < 1:
+    print(f'error: --epochs={FLAGS.epochs} must be >= 1.', file=sys.stderr)
     return 2
   name = argv[1]
   module = importlib.import_module(f'experiments.{name}')
-  workdir = FLAGS.workdir or os.path.join(ROOT, 'results', name + ('-quick' if FLAGS.quick else ''))
+  workdir = FLAGS.workdir or default_workdir(name, FLAGS.epochs, FLAGS.dataset, FLAGS.quick)
   overrides = {}
   if FLAGS.dataset:
     overrides['data.dataset'] = FLAGS.dataset
@@ -37,11 +61,14 @@ def main(argv):
     overrides['data.idx_dir'] = FLAGS.idx_dir
   command = 'python -m experiments ' + ' '.join(sys.argv[1:])
   try:
-    common.run(module, workdir, FLAGS.quick, overrides, command)
-  except ValueError as e:
+    status = common.run(module, workdir, FLAGS.quick, overrides, command, epochs=FLAGS.epochs,
+                        check=bool(FLAGS.epochs or FLAGS.dataset),
+                        max_minutes=FLAGS.max_minutes)
+  except (ValueError, workdir_lib.Locked) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(f'report: {os.path.join(workdir, "report.md")}')
+  if status.complete:
+    print(f'report: {os.path.join(workdir, "report.md")}')
   return 0
 
 

@@ -1,21 +1,39 @@
-"""What every experiment shares: arms over seeds, statistics, plots and the report.
+"""What every experiment shares: the budget, tuning, paired statistics, plots, the report.
 
-An experiment module declares its `NAME`, `QUESTION`, a function `arms(quick)`
-returning the configurations it compares (as overrides of `base(quick)`), and
-`analyse(ctx)` returning the report's sections. `run(module, workdir, quick)`
-trains every arm over the seeds, writes each run as a sweep does, and writes
-`report.md` and the plots to the workdir.
+An experiment module declares `NAME`, `TITLE`, `QUESTION`, `METHOD`, `TRAINS`,
+`arms(quick)` (the configurations it compares, as overrides of `base(quick)`)
+and `analyse(ctx)` (the report's own sections, written from `ctx`'s verdicts).
+Optional: `REFERENCE` (the arm the others are compared with; default the
+first), `contrasts(labels)` (the comparisons, default every arm against the
+reference on test accuracy), `MARGIN` (the equivalence margin, declared before
+running), `HEADLINE` (arm labels whose comparison is also checked at 30 epochs
+and on mnist_5k), `extra(dataset)` (more metrics per run, from its final
+parameters, computed when the run finishes) and `KEEP_PARAMS` (the seeds whose
+final parameters are kept on disk, for analyses that plot them).
 
-Full mode: 5 seeds, `FULL_EPOCHS` epochs of the full training set, the test
-set and the 5,000-example validation split. Quick mode (for tests, about a
-minute): 2 seeds, 1 epoch on the first 2,048 training examples, at most 3
-arms; its numbers say nothing about the question and the report says so.
+The budget (full mode): every arm trains `FULL_EPOCHS` epochs on each seed of
+`FULL_SEEDS` at every learning rate of its grid; the rate is chosen per arm
+on mean validation accuracy over the seeds (never on test), and the arm is
+reported at that rate. Each comparison pairs runs of the same seed (same data
+order and, where shapes match, the same initialisation): a paired t test on
+the per-seed differences, Holm across the experiment's comparisons, and TOST
+against the margin; `lenet_jax.stats.compare` has the rules.
+
+Resumable: a run's files under WORKDIR/runs/<id>/ are the record. `run`
+trains only the runs that have not finished (unreadable ones are moved aside
+and trained again, as sweeps do), stops after the group in progress once
+`max_minutes` have passed, and writes report.md only when every run exists
+(progress.md until then).
+
+Quick mode (for tests): 2 seeds, 1 epoch on at most 2,048 training
+examples, 2 rates per grid, at most 3 arms; its report says it answers nothing.
 """
 import dataclasses
 import functools
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,53 +45,110 @@ from flax import serialization
 from lenet_jax import config as config_lib
 from lenet_jax import data as data_lib
 from lenet_jax import loop
+from lenet_jax import plots
+from lenet_jax import report as report_lib
 from lenet_jax import stats
 from lenet_jax import sweep as sweep_lib
 from lenet_jax import validation
+from lenet_jax import workdir as workdir_lib
 from lenet_jax.config import Config
 
-FULL_SEEDS = (0, 1, 2, 3, 4)
+FULL_SEEDS = tuple(range(10))
+FULL_EPOCHS = 15
 QUICK_SEEDS = (0, 1)
-FULL_EPOCHS = 5
+QUICK_EPOCHS = 1
 QUICK_TRAIN_EXAMPLES = 2048
 QUICK_ARMS = 3
+QUICK_RATES = 2  # the first rates of each grid
+RATE_FACTORS = (0.5, 1.0, 2.0)  # an arm's default grid: its recipe's rate times these
+MARGIN = 0.005  # default equivalence margin: half a point of accuracy
+ALPHA = 0.05  # family-wise error rate of each experiment's comparisons
+CHECK_EPOCHS = 30  # the headline comparisons' longer-training check
+CHECK_DATASET = 'mnist_5k'  # ... and their other-data check
+LR = 'optim.learning_rate'
+PARAMS_FILE = 'params.msgpack'  # a run's final parameters (KEEP_PARAMS experiments)
+EXTRA_FILE = 'extra.json'  # a run's extra metrics (experiments with `extra`)
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
   label: str  # how tables and plots name it
   overrides: dict[str, Any]  # config field -> value, over the experiment's base
+  rates: tuple[float, ...] | None = None  # its learning-rate grid; None: RATE_FACTORS
+
+  def config(self, base_cfg: Config) -> Config:
+    return config_lib.override(base_cfg, self.overrides)
+
+  def grid(self, base_cfg: Config, quick: bool) -> tuple[float, ...]:
+    rate = self.config(base_cfg).optim.learning_rate
+    grid = self.rates or tuple(float(f'{rate * f:.6g}') for f in RATE_FACTORS)
+    if len(set(grid)) != len(grid) or len(grid) < QUICK_RATES:
+      raise ValueError(f'arm {self.label!r}: rates={grid} must be at least {QUICK_RATES} '
+                       'distinct learning rates.')
+    grid = tuple(sorted(grid))
+    return grid[:QUICK_RATES] if quick else grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+  """`arm`'s `metric` minus `reference`'s `reference_metric` (default the same), per seed."""
+  arm: str
+  reference: str
+  metric: str = 'test_acc'
+  reference_metric: str | None = None
+
+  @property
+  def label(self) -> str:
+    other = self.reference_metric or self.metric
+    if other != self.metric:
+      return f'{self.arm}: {self.metric} - {other}' if self.arm == self.reference else (
+          f'{self.arm} {self.metric} - {self.reference} {other}')
+    suffix = '' if self.metric == 'test_acc' else f' ({self.metric})'
+    return f'{self.arm} - {self.reference}{suffix}'
 
 
 @dataclasses.dataclass
-class Context:
-  """Everything `analyse` may use."""
-  quick: bool
-  workdir: str
-  dataset: data_lib.Dataset
-  arms: list[Arm]
-  rows: list[dict[str, Any]]  # one per run, with 'arm' and any extra metrics
-  results: list[loop.RunResult]  # with final params
+class Named(report_lib.Group):
+  """A report group labelled by name (an arm, or a comparison) instead of by fields."""
+  name: str = ''
 
-  def by_arm(self, key: str) -> dict[str, list[float]]:
-    """arm label -> the values of `key` over the seeds whose runs finished."""
-    out = {arm.label: [] for arm in self.arms}
-    for row in self.rows:
-      if row['status'] == 'ok' and row.get(key) is not None:
-        out[row['arm']].append(row[key])
-    return out
+  @property
+  def label(self) -> str:
+    return self.name
 
-  def first_row(self, label: str) -> dict[str, Any]:
-    return next(r for r in self.rows if r['arm'] == label)
 
-  def results_of(self, label: str) -> list[loop.RunResult]:
-    ids = {r['run_id'] for r in self.rows if r['arm'] == label}
-    return [res for res in self.results if sweep_lib.run_id(res.config) in ids]
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  contrast: Contrast
+  result: report_lib.Result | None  # None: an arm without a selected rate
+
+  @property
+  def comparison(self) -> stats.Comparison | None:
+    return self.result.comparison if self.result else None
+
+
+def reference(module, labels: Sequence[str]) -> str:
+  return getattr(module, 'REFERENCE', None) or labels[0]
+
+
+def contrasts_of(module, labels: Sequence[str]) -> list[Contrast]:
+  """The module's comparisons among the arms present (quick and check modes run fewer)."""
+  if hasattr(module, 'contrasts'):
+    every = module.contrasts(labels)
+  else:
+    ref = reference(module, labels)
+    every = [Contrast(label, ref) for label in labels if label != ref]
+  return [c for c in every if c.arm in labels and c.reference in labels]
+
+
+# ----------------------------------------------------------------------------
+# Data and evaluation helpers the modules use
 
 
 def base(quick: bool, **overrides) -> Config:
-  """The default recipe (ReLU, Adam, cosine) for FULL_EPOCHS epochs."""
-  cfg = config_lib.override(config_lib.default(), {'epochs': 1 if quick else FULL_EPOCHS})
+  """The default recipe (ReLU, Adam 2e-3, cosine, batch 128) for FULL_EPOCHS epochs."""
+  cfg = config_lib.override(config_lib.default(),
+                            {'epochs': QUICK_EPOCHS if quick else FULL_EPOCHS})
   return config_lib.override(cfg, overrides)
 
 
@@ -107,8 +182,7 @@ def _eval_functions(model_cfg):
 
 def accuracy(cfg: Config, params, images: np.ndarray, labels: np.ndarray,
              batch_size: int = 1000) -> float:
-  """Test accuracy of `params` on arbitrary images (e.g. shifted ones)."""
-  import jax  # pylint: disable=import-outside-toplevel
+  """Accuracy of `params` on arbitrary images (e.g. shifted ones)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from lenet_jax import train  # pylint: disable=import-outside-toplevel
   apply_fn, tx = _eval_functions(cfg.model)
@@ -119,205 +193,534 @@ def accuracy(cfg: Config, params, images: np.ndarray, labels: np.ndarray,
   return int(jax.device_get(sums['correct'])) / len(labels)
 
 
-PARAMS_FILE = 'params.msgpack'  # a run's final parameters, beside its sweep files
+# ----------------------------------------------------------------------------
+# The plan and its runs
 
 
-def _save_params(workdir: str, res: loop.RunResult) -> None:
-  sweep_lib.atomic_write(os.path.join(sweep_lib.run_dir(workdir, res.config), PARAMS_FILE),
-                         serialization.msgpack_serialize(jax.device_get(res.params)))
+@dataclasses.dataclass(frozen=True)
+class Planned:
+  arm: str
+  config: Config  # seed and learning rate set
+
+  @property
+  def run_id(self) -> str:
+    return sweep_lib.run_id(self.config)
 
 
-def _load_result(workdir: str, cfg: Config, row: dict[str, Any]) -> loop.RunResult | None:
-  """A finished run rebuilt from its files (params included), or None if any is missing."""
-  directory = sweep_lib.run_dir(workdir, cfg)
-  try:
-    with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
-      params = serialization.msgpack_restore(f.read())
-    with open(os.path.join(directory, 'metrics.jsonl')) as f:
-      history = [json.loads(line) for line in f]
-  except (OSError, ValueError):
+def make_plan(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
+              dataset: data_lib.Dataset, quick: bool) -> list[Planned]:
+  """Every run, in arm, rate, seed order; each config checked before anything trains."""
+  plan, owner = [], {}
+  for arm in arms:
+    cfg = loop.with_input_shape(arm.config(base_cfg), dataset)
+    validation.check_config(cfg)
+    for rate in arm.grid(base_cfg, quick):
+      for seed in seeds:
+        run = Planned(arm.label, config_lib.override(cfg, {LR: rate, 'seed': seed}))
+        if run.run_id in owner:
+          raise ValueError(f'arms {owner[run.run_id]!r} and {arm.label!r} train the same '
+                           'configuration; give each arm its own overrides.')
+        owner[run.run_id] = arm.label
+        plan.append(run)
+  return plan
+
+
+def _finished(workdir: str, run: Planned, fingerprint: str, keep_params: Sequence[int],
+              has_extra: bool, say: Callable[[str], None]) -> dict[str, Any] | None:
+  """The run's row if every file the experiment needs from it is there, else None."""
+  row = sweep_lib.finished_row(workdir, run.config, warn=say, fingerprint=fingerprint)
+  if row is None:
     return None
+  directory = sweep_lib.run_dir(workdir, run.config)
+  if run.config.seed in keep_params and not os.path.isfile(
+      os.path.join(directory, PARAMS_FILE)):
+    return None
+  if has_extra:
+    try:
+      with open(os.path.join(directory, EXTRA_FILE)) as f:
+        row.update(json.load(f))
+    except (OSError, ValueError):
+      return None
+  row['arm'] = run.arm
+  return row
+
+
+def load_result(workdir: str, cfg: Config) -> loop.RunResult:
+  """A finished run with its final parameters, from its files (KEEP_PARAMS experiments)."""
+  directory = sweep_lib.run_dir(workdir, cfg)
+  with open(os.path.join(directory, PARAMS_FILE), 'rb') as f:
+    params = serialization.msgpack_restore(f.read())
+  with open(os.path.join(directory, 'final.json')) as f:
+    row = json.load(f)
+  with open(os.path.join(directory, 'metrics.jsonl')) as f:
+    history = [json.loads(line) for line in f if line.strip()]
   return loop.RunResult(cfg, status=row['status'], diverged_epoch=row.get('diverged_epoch'),
                         history=history, params=params)
 
 
-def run_arms(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
-             dataset: data_lib.Dataset, workdir: str,
-             extra: Callable[[loop.RunResult], dict[str, float]] | None = None,
-             progress: Callable[[str], None] = print):
-  """Trains every arm over the seeds; returns (rows, results), rows carrying 'arm'.
+def _hours(seconds: float) -> str:
+  return f'{seconds / 3600:.1f} h' if seconds >= 3600 else f'{seconds / 60:.0f} min'
 
-  Runs already in the workdir's results.jsonl (an earlier, interrupted
-  invocation of the same experiment) are taken from there, with their saved
-  final parameters, not trained again; a run whose files are incomplete is
-  trained again. Both lists come back in arm, then seed, order.
+
+def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
+               keep_params: Sequence[int] = (),
+               extra: Callable[[loop.RunResult], dict[str, float]] | None = None,
+               max_minutes: float | None = None, group_size: int = len(FULL_SEEDS) * 3,
+               say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """Trains the runs of `plan` that have not finished; returns the rows of those that have.
+
+  Groups (one architecture and recipe, up to `group_size` runs: an arm's
+  seeds at every rate of its grid share one program) train one after another, each run
+  checkpointed per epoch so a killed process resumes within its epoch. A run
+  is written as a sweep writes it (final.json last), then its parameters and
+  extra metrics; its checkpoints are deleted once all of that is on disk.
+  Final parameters are kept for the seeds in `keep_params` only (a run's are
+  about 250 kB; the analyses that need them plot one seed).
+  With `max_minutes`, training stops after the group in progress once that many
+  minutes have passed.
   """
-  labelled = []  # (run_id, arm label, config) in arm, then seed, order
-  for arm in arms:
-    cfg = loop.with_input_shape(config_lib.override(base_cfg, arm.overrides), dataset)
-    for s in seeds:
-      seeded = dataclasses.replace(cfg, seed=s)
-      labelled.append((sweep_lib.run_id(seeded), arm.label, seeded))
-  order = {run_id: i for i, (run_id, _, _) in enumerate(labelled)}
-  label_of = {run_id: label for run_id, label, _ in labelled}
-  rows, results = [], []
-  done = {}
-  previous = os.path.join(workdir, 'results.jsonl')
-  if os.path.isfile(previous):
-    with open(previous) as f:
-      done = {row['run_id']: row for row in map(json.loads, f)}
+  start = time.monotonic()
+  rows = {}
   todo = []
-  for run_id, label, cfg in labelled:
-    row = done.get(run_id)
-    res = _load_result(workdir, cfg, row) if row and row.get('arm') == label else None
-    if res is None:
-      todo.append(cfg)
+  for run in plan:
+    row = _finished(workdir, run, dataset.fingerprint, keep_params, extra is not None, say)
+    if row is None:
+      todo.append(run)
     else:
-      rows.append(row)
-      results.append(res)
-  if rows:
-    progress(f'{len(rows)} runs already in {previous}; training the other {len(todo)}')
-  batches = sweep_lib.groups(todo, max_models=len(seeds))
-  start = time.perf_counter()
+      rows[run.run_id] = row
+  arm_of = {run.run_id: run.arm for run in plan}
+  order = {run.run_id: i for i, run in enumerate(plan)}
+  ordered = lambda: sorted(rows.values(), key=lambda r: order[r['run_id']])
+  epochs = plan[0].config.epochs if plan else 0
+  say(f'{len(plan)} runs ({len(plan) - len(todo)} already finished in {workdir}); '
+      f'{epochs} epochs each')
+  batches = sweep_lib.groups([run.config for run in todo], max_models=group_size)
+  trained_epochs, trained_seconds = 0, 0.0
   for g, members in enumerate(batches, start=1):
-    group_results = loop.train_group(members, dataset)
-    for res in group_results:
+    group_start = time.monotonic()
+    checkpoint_dirs = [os.path.join(sweep_lib.run_dir(workdir, c), 'checkpoints')
+                       for c in members]
+    for res in loop.train_group(members, dataset, checkpoint_dirs=checkpoint_dirs):
       row = sweep_lib.write_run(workdir, res)
-      _save_params(workdir, res)
-      row['arm'] = label_of[row['run_id']]
-      if extra and res.status == 'ok':
-        row.update(extra(res))
-      rows.append(row)
-      results.append(res)
-    sweep_lib.write_results(workdir, rows)
-    finished = [r for r in rows if r["arm"] == row["arm"] and r["status"] == "ok"]
-    progress(f'[{g}/{len(batches)}] {row["arm"]}: test acc '
-             f"{stats.format_mean_std([r['test_acc'] for r in finished])} "
-             f'({time.perf_counter() - start:.0f}s)')
-  rows.sort(key=lambda r: order[r['run_id']])
-  results.sort(key=lambda r: order[sweep_lib.run_id(r.config)])
-  sweep_lib.write_results(workdir, rows)
-  return rows, results
+      directory = sweep_lib.run_dir(workdir, res.config)
+      if res.config.seed in keep_params:
+        sweep_lib.atomic_write(os.path.join(directory, PARAMS_FILE),
+                               serialization.msgpack_serialize(jax.device_get(res.params)))
+      if extra is not None:
+        values = extra(res) if res.status == 'ok' else {}
+        sweep_lib.atomic_write(os.path.join(directory, EXTRA_FILE), json.dumps(values))
+        row.update(values)
+      shutil.rmtree(os.path.join(directory, 'checkpoints'), ignore_errors=True)
+      row['arm'] = arm_of[row['run_id']]
+      rows[row['run_id']] = row
+    sweep_lib.write_results(workdir, ordered())
+    trained_epochs += len(members) * epochs
+    trained_seconds += time.monotonic() - group_start
+    per_epoch = trained_seconds / trained_epochs
+    left = sum(1 for run in plan if run.run_id not in rows)
+    arm = arm_of[sweep_lib.run_id(members[0])]
+    say(f'[{g}/{len(batches)}] {arm}: {len(members)} runs in '
+        f'{time.monotonic() - group_start:.0f}s; {len(rows)} of {len(plan)} done')
+    if g == 1:
+      say(f'estimate: the whole experiment is {len(plan)} runs x {epochs} epochs x '
+          f'{per_epoch:.2f} s per run-epoch (measured on {arm}; arms differ) = '
+          f'{_hours(len(plan) * epochs * per_epoch)} on this machine')
+    say(f'about {_hours(left * epochs * per_epoch)} of training left')
+    if max_minutes is not None and time.monotonic() - start >= 60 * max_minutes:
+      break
+  if rows:
+    sweep_lib.write_results(workdir, ordered())
+  return ordered()
 
 
 # ----------------------------------------------------------------------------
-# Statistics and report text
+# Selection and comparisons
 
 
-def ci_cell(values: Sequence[float], digits: int = 4) -> str:
-  """'mean +- std [lo, hi]' with the 95% t-interval of the mean."""
-  s = stats.summarise(values)
-  if s['n'] == 0:
-    return '-'
-  if s['n'] == 1:
-    return f"{s['mean']:.{digits}f} (1 seed)"
-  return (f"{s['mean']:.{digits}f} +- {s['std']:.{digits}f} "
-          f"[{s['mean'] - s['ci95']:.{digits}f}, {s['mean'] + s['ci95']:.{digits}f}]")
+def select_rates(arms: Sequence[Arm], rows: Sequence[dict[str, Any]]) -> dict[str, Named]:
+  """Per arm, the learning rate with the best mean validation accuracy over its seeds.
+
+  `report.tune`'s rule: only rates that finished on every seed are eligible.
+  Each returned group holds the runs at the chosen rate (`chosen` is None,
+  and `runs` empty, when no rate is eligible) and every rate's runs in
+  `candidates`.
+  """
+  groups = []
+  for arm in arms:
+    rates = list(dict.fromkeys(r[LR] for r in rows if r['arm'] == arm.label))
+    for rate in rates:
+      groups.append(Named({'arm': arm.label, LR: rate},
+                          [r for r in rows if r['arm'] == arm.label and r[LR] == rate],
+                          name=arm.label))
+  tuned = report_lib.tune(groups, LR, 'val_acc')
+  return {g.values['arm']: Named(g.values, g.runs, g.chosen, g.candidates, name=g.values['arm'])
+          for g in tuned}
 
 
-def difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-  """mean(a) - mean(b) with a Welch 95% interval."""
-  sa, sb = stats.summarise(a), stats.summarise(b)
-  if sa['n'] < 2 or sb['n'] < 2:
-    return {'diff': sa['mean'] - sb['mean'], 'lo': math.nan, 'hi': math.nan}
-  va, vb = sa['std'] ** 2 / sa['n'], sb['std'] ** 2 / sb['n']
-  se = math.sqrt(va + vb)
-  if se == 0:
-    return {'diff': sa['mean'] - sb['mean'], 'lo': sa['mean'] - sb['mean'],
-            'hi': sa['mean'] - sb['mean']}
-  df = (va + vb) ** 2 / (va ** 2 / (sa['n'] - 1) + vb ** 2 / (sb['n'] - 1))
-  half = stats.t95(max(1, int(df))) * se
-  d = sa['mean'] - sb['mean']
-  return {'diff': d, 'lo': d - half, 'hi': d + half}
+def _metric_group(group: Named, metric: str, name: str) -> Named:
+  """The group's runs with `metric` copied to the key 'value' (to pair two metrics)."""
+  runs = [{**r, 'value': r.get(metric)} for r in group.runs]
+  return Named(group.values, runs, group.chosen, name=name)
 
 
-def verdict(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float],
-            what: str = 'test accuracy', scale: float = 100, unit: str = ' points') -> str:
-  """A sentence comparing two arms that says when the evidence cannot separate them."""
-  d = difference(a, b)
-  if math.isnan(d['lo']):
-    return f'{name_a} vs {name_b}: too few seeds to compare.'
-  span = f"{d['diff'] * scale:+.2f}{unit} (95% CI {d['lo'] * scale:+.2f} to {d['hi'] * scale:+.2f})"
-  if d['lo'] > 0:
-    return f'{name_a} has higher {what} than {name_b}: {span}.'
-  if d['hi'] < 0:
-    return f'{name_a} has lower {what} than {name_b}: {span}.'
-  return f'no detectable difference in {what} between {name_a} and {name_b}: {span}.'
+def compare_contrasts(contrasts: Sequence[Contrast], selected: dict[str, Named],
+                      margin: float, alpha: float = ALPHA) -> list[Outcome]:
+  """Paired tests of every contrast at each arm's selected rate, corrected together."""
+  pairings = {}
+  for c in contrasts:
+    a, b = selected[c.arm], selected[c.reference]
+    if a.chosen and b.chosen:
+      pairings[c] = report_lib.pair(_metric_group(a, c.metric, c.label),
+                                    _metric_group(b, c.reference_metric or c.metric, c.label),
+                                    'value')
+  testable = [c for c, p in pairings.items() if len(p.seeds) >= 2]
+  tests = [stats.paired_t(pairings[c].values, pairings[c].baseline_values) for c in testable]
+  comparisons = dict(zip(testable, stats.compare(tests, margin, alpha))) if tests else {}
+  return [Outcome(c, report_lib.Result(pairings[c], comparisons.get(c)) if c in pairings
+                  else None) for c in contrasts]
+
+
+def points(x: float) -> str:
+  return f'{100 * x:+.2f}'
+
+
+def reading(outcome: Outcome, margin: float) -> str:
+  """The verdict of one comparison, its estimate and interval, in one sentence."""
+  c, comp = outcome.contrast, outcome.comparison
+  if outcome.result is None:
+    return (f'{c.label}: not compared: an arm has no learning rate that finished on every '
+            'seed.')
+  if comp is None:
+    return f'{c.label}: not compared: fewer than 2 seeds finished in both.'
+  lo, hi = comp.interval
+  return (f'{c.label}: **{comp.verdict}** ({points(comp.test.estimate)} points, Holm '
+          f'{100 * comp.level:.4g}% CI {points(lo)} to {points(hi)}, '
+          f'{len(outcome.result.pairing.seeds)} paired seeds)')
+
+
+def plain_words(outcome: Outcome, margin: float) -> str:
+  """What the verdict lets one say, for an answer: never more than the test showed."""
+  comp = outcome.comparison
+  if comp is None:
+    return 'not compared'
+  m = f'{100 * margin:g} points'
+  if comp.verdict == stats.DIFFERENT:
+    return 'higher' if comp.test.estimate > 0 else 'lower'
+  if comp.verdict.startswith(stats.DIFFERENT):
+    return (f"{'higher' if comp.test.estimate > 0 else 'lower'}, but by less than {m}")
+  if comp.verdict.startswith('equivalent'):
+    return f'equivalent (within {m})'
+  return f'neither shown different nor shown equivalent within {m} (inconclusive)'
+
+
+# ----------------------------------------------------------------------------
+# The context `analyse` reads
+
+
+@dataclasses.dataclass
+class Context:
+  """Everything `analyse` may use; every number at each arm's selected rate."""
+  quick: bool
+  workdir: str
+  dataset: data_lib.Dataset | None
+  arms: list[Arm]
+  base_config: Config | None
+  rows: list[dict[str, Any]]  # every run, every rate, with 'arm'
+  selected: dict[str, Named]  # arm label -> its runs at the chosen rate
+  outcomes: list[Outcome]  # the experiment's comparisons, Holm-corrected together
+  margin: float = MARGIN
+
+  def by_arm(self, key: str) -> dict[str, list[float]]:
+    """arm label -> `key` over the finished runs at the arm's selected rate."""
+    return {label: [r[key] for r in g.ok() if r.get(key) is not None]
+            for label, g in self.selected.items()}
+
+  def config_of(self, label: str) -> Config:
+    """The arm's configuration (seed 0, the recipe's rate), with the data's input shape."""
+    arm = next(a for a in self.arms if a.label == label)
+    cfg = arm.config(self.base_config)
+    return loop.with_input_shape(cfg, self.dataset) if self.dataset is not None else cfg
+
+  def rate_of(self, label: str) -> float | None:
+    g = self.selected[label]
+    return g.chosen[LR] if g.chosen else None
+
+  def result(self, label: str, seed: int) -> loop.RunResult:
+    """The selected run of `seed` with its final parameters (seeds in KEEP_PARAMS)."""
+    row = next(r for r in self.selected[label].ok() if r['seed'] == seed)
+    return load_result(self.workdir, config_lib.override(
+        self.config_of(label), {LR: row[LR], 'seed': seed}))
+
+  def outcome(self, arm: str, reference: str | None = None,
+              metric: str = 'test_acc') -> Outcome | None:
+    for o in self.outcomes:
+      c = o.contrast
+      if c.arm == arm and c.metric == metric and (reference is None or c.reference == reference):
+        return o
+    return None
+
+  def line(self, arm: str, reference: str | None = None, metric: str = 'test_acc') -> str:
+    o = self.outcome(arm, reference, metric)
+    return '- ' + reading(o, self.margin) + '.' if o else ''
+
+  def lines(self, outcomes: Sequence[Outcome] | None = None) -> str:
+    chosen = self.outcomes if outcomes is None else outcomes
+    return '\n'.join('- ' + reading(o, self.margin) + '.' for o in chosen)
+
+  def words(self, arm: str, reference: str | None = None, metric: str = 'test_acc') -> str:
+    o = self.outcome(arm, reference, metric)
+    return plain_words(o, self.margin) if o else 'not run in this mode'
+
+  def count(self, verdict_prefix: str, outcomes: Sequence[Outcome] | None = None) -> int:
+    chosen = self.outcomes if outcomes is None else outcomes
+    return sum(1 for o in chosen if o.comparison and o.comparison.verdict.startswith(
+        verdict_prefix))
+
+
+# ----------------------------------------------------------------------------
+# Report text
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  lines = ['| ' + ' | '.join(map(str, header)) + ' |',
-           '|' + '|'.join('---' for _ in header) + '|']
-  lines += ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
-  return '\n'.join(lines)
+  return report_lib.markdown_table(header, rows)
 
 
-def arm_table(ctx: Context, extra_columns: Sequence[tuple[str, str]] = ()) -> str:
-  """Per arm: parameters, FLOPs, img/s, validation and test accuracy with 95% CIs."""
-  val, test, rate = ctx.by_arm('val_acc'), ctx.by_arm('test_acc'), ctx.by_arm('images_per_s')
-  extras = [(title, ctx.by_arm(key)) for title, key in extra_columns]
-  rows = []
+def protocol(margin: float = MARGIN) -> str:
+  """The study's method, for each module's METHOD."""
+  return (f'Budget: {FULL_EPOCHS} epochs (cosine schedule), seeds '
+          f'{FULL_SEEDS[0]}-{FULL_SEEDS[-1]} ({len(FULL_SEEDS)} seeds). Each arm trains at '
+          f'every learning rate of its grid (by default its recipe\'s rate x '
+          f'{", ".join(f"{f:g}" for f in RATE_FACTORS)}; e.g. 1e-3, 2e-3, 4e-3 for Adam at '
+          '2e-3) and is reported at the rate with the best mean validation accuracy over the '
+          'seeds; the test set plays no part in the choice, and a rate at the edge of its '
+          'grid is flagged. Comparisons are paired by seed (the same seed gives the same '
+          'data order and, where shapes match, the same initialisation): a paired t test on '
+          'the per-seed differences at each arm\'s selected rate, Holm-corrected across all '
+          f'comparisons of this experiment at family-wise alpha {ALPHA:g}, and an equivalence '
+          f'test (TOST, Holm-corrected the same way) against a margin of +-{100 * margin:g} '
+          'points declared before running. Throughput is not reported: the runs were timed on '
+          'a shared machine.')
+
+
+def arm_table(ctx: Context, extra_columns: Sequence[str] = ()) -> str:
+  """Per arm at its selected rate: runs, metrics with 95% CIs, params and FLOPs."""
+  groups = [g for g in ctx.selected.values() if g.runs]
+  return report_lib.configuration_table(groups, None, ['val_acc', 'test_acc', *extra_columns])
+
+
+def tuning_section(ctx: Context) -> str:
+  groups = list(ctx.selected.values())
+  table = report_lib.tuning_table(groups, None, LR, 'val_acc', 'test_acc')
+  edges = []
   for arm in ctx.arms:
-    first = ctx.first_row(arm.label)
-    n_ok = len(test[arm.label])
-    n_all = sum(1 for r in ctx.rows if r['arm'] == arm.label)
-    rows.append([arm.label, f"{first['params']:,}", f"{first['flops'] / 1e6:.2f}",
-                 f"{stats.summarise(rate[arm.label])['mean']:,.0f}", f'{n_ok}/{n_all}',
-                 ci_cell(val[arm.label]), ci_cell(test[arm.label])] +
-                [ci_cell(values[arm.label]) for _, values in extras])
-  header = ['arm', 'params', 'MFLOPs/img', 'img/s', 'ok/runs',
-            'val acc (mean +- std [95% CI])', 'test acc (mean +- std [95% CI])']
-  return markdown_table(header + [title for title, _ in extra_columns], rows)
+    g = ctx.selected[arm.label]
+    if g.chosen:
+      grid = sorted(g.candidates)
+      if g.chosen[LR] in (grid[0], grid[-1]):
+        side = 'lowest' if g.chosen[LR] == grid[0] else 'highest'
+        edges.append(f'{arm.label} (lr {g.chosen[LR]:g}, the {side} of {len(grid)})')
+  unselected = [a.label for a in ctx.arms if not ctx.selected[a.label].chosen]
+  notes = []
+  if edges:
+    notes.append('Selected at the edge of the grid, so possibly under-tuned: ' +
+                 '; '.join(edges) + '.')
+  if unselected:
+    notes.append('No rate finished on every seed, so nothing was selected and the arm is '
+                 'not compared: ' + ', '.join(unselected) + '.')
+  return ('Mean validation accuracy over the seeds at each learning rate; the arm is '
+          'reported at the best one.\n\n' + table + ('\n\n' + '\n'.join(notes) if notes else ''))
+
+
+def comparisons_section(ctx: Context) -> str:
+  results = [o.result for o in ctx.outcomes if o.result]
+  missing = [o for o in ctx.outcomes if not o.result]
+  m = sum(1 for r in results if r.comparison)
+  text = (f'Each row: the first minus the second, per seed, at each arm\'s selected rate '
+          f'(accuracy as a fraction; {ctx.margin:g} is {100 * ctx.margin:g} points). Holm over '
+          f'the {m} comparisons at family-wise alpha {ALPHA:g}, for the difference and, '
+          f'separately, for equivalence (TOST) within +-{ctx.margin:g}. "different": the Holm '
+          'interval excludes 0; "equivalent within +-m": the Holm (1 - 2 gamma) interval lies '
+          'inside +-m; "different, but within +-m": both; "inconclusive": neither, so the '
+          'seeds can say neither that the arms differ nor that they are the same.\n\n')
+  if results:
+    text += report_lib.comparison_table(results)
+  text += '\n\n' + '\n'.join('- ' + reading(o, ctx.margin) for o in missing)
+  notes = [f'{r.pairing.group.label}: {r.pairing.note}.' for r in results if r.pairing.note]
+  return text.rstrip() + ('\n\n' + '\n'.join(f'- {n}' for n in notes) if notes else '')
+
+
+def _plots(ctx: Context) -> list[str]:
+  figures = []
+  series = {}
+  for label, g in ctx.selected.items():
+    if g.chosen:
+      curves, _ = report_lib.load_curves(ctx.workdir, g.ok(), 'val_acc')
+      if curves:
+        series[f'{label} (lr {g.chosen[LR]:g})'] = curves
+  if series:
+    plots.learning_curves(series, os.path.join(ctx.workdir, 'curves.png'))
+    figures.append('![validation accuracy per epoch at each arm\'s selected rate, mean +- 1 '
+                   'std over seeds](curves.png)')
+  compared = [o for o in ctx.outcomes if o.comparison]
+  if compared:
+    plots.forest([o.contrast.label for o in compared],
+                 [o.comparison.test.estimate for o in compared],
+                 [o.comparison.interval for o in compared],
+                 [o.comparison.verdict for o in compared], ctx.margin,
+                 os.path.join(ctx.workdir, 'forest.png'),
+                 'difference (first - second), paired by seed; accuracy as a fraction',
+                 'paired differences, Holm-corrected intervals')
+    figures.append('![paired differences with Holm intervals and the +-margin '
+                   'band](forest.png)')
+  return figures
 
 
 def plot_accuracy(ctx: Context, x_key: str, path: str, xlabel: str, log_x: bool = True) -> str:
-  """Test accuracy (mean and 95% CI) against a per-arm quantity such as params."""
+  """Test accuracy (mean and 95% CI at the selected rate) against a per-arm quantity.
+
+  Each arm has its own colour and marker, named in a legend beside the axes,
+  so no label sits on a point or on another label.
+  """
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   test = ctx.by_arm('test_acc')
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for arm in ctx.arms:
+  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  colors = plt.get_cmap('tab10' if len(ctx.arms) <= 10 else 'tab20').colors
+  markers = 'osD^v<>ph*'
+  for i, arm in enumerate(ctx.arms):
+    g = ctx.selected.get(arm.label)
+    if not g or not g.ok():
+      continue
     s = stats.summarise(test[arm.label])
-    x = ctx.first_row(arm.label)[x_key]
+    x = g.ok()[0][x_key]
     ax.errorbar([x], [s['mean']], yerr=[0 if math.isnan(s['ci95']) else s['ci95']],
-                fmt='o', capsize=3)
-    ax.annotate(arm.label, (x, s['mean']), textcoords='offset points', xytext=(4, 4),
-                fontsize=7)
+                fmt=markers[i % len(markers)], color=colors[i % len(colors)], capsize=3,
+                label=arm.label)
   if log_x:
     ax.set_xscale('log')
   ax.set_xlabel(xlabel)
-  ax.set_ylabel('test accuracy (mean, 95% CI)')
+  ax.set_ylabel('test accuracy at the selected rate\n(mean, 95% CI over seeds)')
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  fig.savefig(path, dpi=120, bbox_inches='tight')
   plt.close(fig)
   return os.path.basename(path)
 
 
+def tally(ctx: Context, outcomes: Sequence[Outcome]) -> str:
+  """How many of `outcomes` came out each way, naming the arms."""
+  groups: dict[str, list[str]] = {}
+  for o in outcomes:
+    groups.setdefault(plain_words(o, ctx.margin), []).append(o.contrast.label)
+  if not groups:
+    return 'no comparisons were made'
+  return '; '.join(f'{words}: {len(labels)} ({", ".join(labels)})'
+                   for words, labels in groups.items())
+
+
+VERDICTS_FILE = 'verdicts.json'  # a finished experiment's verdicts, for the headline checks
+
+
+def _write_verdicts(ctx: Context) -> None:
+  out = {}
+  for o in ctx.outcomes:
+    if o.comparison:
+      out[o.contrast.label] = {'verdict': o.comparison.verdict,
+                               'estimate': o.comparison.test.estimate,
+                               'interval': list(o.comparison.interval),
+                               'seeds': len(o.result.pairing.seeds)}
+  sweep_lib.atomic_write(os.path.join(ctx.workdir, VERDICTS_FILE), json.dumps(out, indent=2))
+
+
+def check_workdirs(workdir: str, name: str, quick: bool) -> dict[str, str]:
+  """Where the headline checks of the experiment in `workdir` write: title -> workdir."""
+  parent, suffix = os.path.dirname(os.path.abspath(workdir)), '-quick' if quick else ''
+  return {f'{CHECK_EPOCHS} epochs': os.path.join(parent, f'{name}-{CHECK_EPOCHS}ep{suffix}'),
+          CHECK_DATASET: os.path.join(parent, f'{name}-{CHECK_DATASET}{suffix}')}
+
+
+def headline_section(module, ctx: Context) -> str | None:
+  headline = [o for o in ctx.outcomes if o.contrast.arm in getattr(module, 'HEADLINE', ())
+              and o.contrast.metric == 'test_acc']
+  if not headline:
+    return None
+  checks = check_workdirs(ctx.workdir, module.NAME, ctx.quick)
+  found = {}
+  for title, directory in checks.items():
+    try:
+      with open(os.path.join(directory, VERDICTS_FILE)) as f:
+        found[title] = json.load(f)
+    except (OSError, ValueError):
+      found[title] = None
+  rows = []
+  for o in headline:
+    here = o.comparison.verdict if o.comparison else 'not compared'
+    cells = []
+    for title, verdicts in found.items():
+      there = (verdicts or {}).get(o.contrast.label)
+      if verdicts is None:
+        cells.append('not run yet')
+      elif there is None:
+        cells.append('not compared there')
+      else:
+        same = 'holds' if there['verdict'] == here else 'does not hold'
+        cells.append(f"{same}: {there['verdict']} ({points(there['estimate'])} points)")
+    rows.append([o.contrast.label, here, *cells])
+  commands = '\n'.join(
+      f'python -m experiments {module.NAME} '
+      + (f'--epochs={CHECK_EPOCHS}' if title.endswith('epochs') else f'--dataset={CHECK_DATASET}')
+      + (' --quick' if ctx.quick else '')
+      + f'   # writes {os.path.basename(d)}/' for title, d in checks.items())
+  return ('The headline comparisons, checked with longer training and on other data '
+          '(the reference and headline arms only, same grid, seeds and margin; Holm over '
+          'those comparisons). "holds": the same verdict there.\n\n' +
+          markdown_table(['comparison', 'verdict here', *checks], rows) +
+          f'\n\n```\n{commands}\n```')
+
+
+def method_text(module, ctx: Context) -> str:
+  parts = [f'**Method.** {module.METHOD}']
+  cfg = ctx.base_config
+  if cfg is not None and ctx.rows:
+    parts.append(
+        f'This run: base recipe {cfg.model.activation}, {cfg.optim.optimizer} '
+        f'({cfg.optim.schedule}), batch {cfg.batch_size}, {cfg.epochs} epoch(s), init '
+        f'{cfg.model.init}; seeds {sorted({r["seed"] for r in ctx.rows})}; margin '
+        f'+-{ctx.margin:g}. Data: {ctx.dataset.name} from {ctx.dataset.source}, '
+        f'{len(ctx.dataset.train_images):,} training, {len(ctx.dataset.val_images):,} '
+        f'validation (selection), {len(ctx.dataset.test_images):,} test (reporting) images. '
+        'Per-arm intervals are 95% Student-t intervals of the mean over seeds.')
+  return ' '.join(parts)
+
+
 def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], command: str,
-                 seconds: float) -> str:
+                 seconds: float, check: bool = False) -> str:
   lines = [f'# {module.TITLE}', '', f'**Question.** {module.QUESTION}', '']
   if ctx.quick:
-    lines += ['> QUICK MODE: 1 epoch on 2,048 training examples, 2 seeds, at most '
-              f'{QUICK_ARMS} arms. These numbers test the pipeline and answer nothing.', '']
-  base_cfg = ctx.results[0].config if ctx.results else None
-  method = [f'**Method.** {module.METHOD}']
-  if base_cfg:
-    method.append(
-        f'Base recipe: {base_cfg.model.activation}, {base_cfg.optim.optimizer} lr '
-        f'{base_cfg.optim.learning_rate} ({base_cfg.optim.schedule}), batch '
-        f'{base_cfg.batch_size}, {base_cfg.epochs} epoch(s), init {base_cfg.model.init}; '
-        f'seeds {sorted({r["seed"] for r in ctx.rows})}. Data: {ctx.dataset.name} from '
-        f'{ctx.dataset.source}, {len(ctx.dataset.train_images):,} training, '
-        f'{len(ctx.dataset.val_images):,} validation (selection), '
-        f'{len(ctx.dataset.test_images):,} test (reporting) images. Intervals are 95% '
-        'Student-t intervals of the mean over seeds; differences use Welch intervals.')
-  lines += [' '.join(method), '']
+    lines += [f'> QUICK MODE: {QUICK_EPOCHS} epoch on at most {QUICK_TRAIN_EXAMPLES:,} '
+              f'training examples, {len(QUICK_SEEDS)} seeds, {QUICK_RATES} learning rates, at '
+              f'most {QUICK_ARMS} arms. These numbers test the pipeline and answer nothing.', '']
+  if check:
+    lines += ['> HEADLINE CHECK: only the headline arms and their references, at the '
+              'settings in the method line below; the main report compares its verdicts.', '']
+  lines += [method_text(module, ctx), '']
+  if ctx.rows:
+    figures = _plots(ctx)
+    standard = [('Learning rate per arm (chosen on validation)', tuning_section(ctx)),
+                ('Arms at their selected rate', arm_table(ctx)),
+                ('Paired comparisons', comparisons_section(ctx))]
+    if figures:
+      standard.append(('Plots', '\n\n'.join(figures)))
+    sections = standard + list(sections)
+    headline = None if check else headline_section(module, ctx)
+    if headline:
+      sections.append(('Headline checks', headline))
+    _write_verdicts(ctx)
   for title, body in sections:
     lines += [f'## {title}', '', body.strip(), '']
   lines += ['## Reproduce', '', f'```\n{command}\n```', '',
-            f'Ran in {seconds / 60:.1f} minutes on {os.cpu_count()} CPU core(s).' +
+            f'This invocation took {seconds / 60:.1f} minutes on {os.cpu_count()} CPU core(s).' +
             (' Per-run configs and metrics are under `runs/`, one row per run in '
              '`results.csv`.' if ctx.rows else ''), '']
   text = '\n'.join(lines)
@@ -326,29 +729,89 @@ def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], comm
   return text
 
 
+def write_progress(module, workdir: str, plan: Sequence[Planned],
+                   rows: Sequence[dict[str, Any]], command: str) -> str:
+  done = {r['run_id'] for r in rows}
+  per_arm = {}
+  for run in plan:
+    n, k = per_arm.get(run.arm, (0, 0))
+    per_arm[run.arm] = (n + 1, k + (run.run_id in done))
+  text = '\n'.join([
+      f'# {module.TITLE}: in progress', '',
+      f'{len(done)} of {len(plan)} runs have finished. The report is written when all have; '
+      'a report.md in this directory, if any, is from an earlier study (its own method and '
+      'command say which) and is replaced then.', '',
+      markdown_table(['arm', 'finished runs'],
+                     [[arm, f'{k}/{n}'] for arm, (n, k) in per_arm.items()]), '',
+      'Continue with the same command:', '', f'```\n{command}\n```', ''])
+  with open(os.path.join(workdir, 'progress.md'), 'w') as f:
+    f.write(text)
+  return text
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+  """What `run` did: the report's text, or the progress text of a partial run."""
+  text: str
+  complete: bool
+  finished: int
+  total: int
+
+
 def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None = None,
-        command: str = '') -> str:
-  """Runs one experiment module end to end; returns the report's text."""
+        command: str = '', epochs: int | None = None, check: bool = False,
+        max_minutes: float | None = None, say: Callable[[str], None] = print) -> RunStatus:
+  """Runs (or resumes) one experiment; writes report.md when every run has finished.
+
+  `check`: only the HEADLINE arms and their references (the headline checks
+  at `epochs` or on other data). `max_minutes`: stop after the group in
+  progress once that long has passed (progress.md instead of the report).
+  """
   start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   base_cfg = module.base(quick) if hasattr(module, 'base') else base(quick)
   if data_overrides:
     base_cfg = config_lib.override(base_cfg, data_overrides)
+  if epochs is not None:
+    base_cfg = config_lib.override(base_cfg, {'epochs': epochs})
   arms = list(module.arms(quick))
+  labels = [a.label for a in arms]
+  if check:
+    headline = getattr(module, 'HEADLINE', ())
+    if not headline:
+      raise ValueError(f'{module.NAME} declares no HEADLINE comparisons to check; run it '
+                       'without --epochs and --dataset.')
+    wanted = {c.arm for c in contrasts_of(module, labels) if c.arm in headline}
+    wanted |= {c.reference for c in contrasts_of(module, labels) if c.arm in headline}
+    arms = [a for a in arms if a.label in wanted]
   if quick:
     arms = arms[:QUICK_ARMS]
-  dataset = data_lib.load(base_cfg.data) if module.TRAINS else None
-  rows, results = [], []
+  labels = [a.label for a in arms]
+  command = command or (f'python -m experiments {module.NAME}' + (' --quick' if quick else ''))
+  margin = getattr(module, 'MARGIN', MARGIN)
+  dataset, rows, plan = None, [], []
   if module.TRAINS:
+    dataset = data_lib.load(base_cfg.data)
     if quick:
       dataset = quick_subset(dataset)
-    for arm in arms:  # every arm is checked before anything trains
-      cfg = loop.with_input_shape(config_lib.override(base_cfg, arm.overrides), dataset)
-      validation.check_config(cfg)
+    seeds = QUICK_SEEDS if quick else FULL_SEEDS
+    plan = make_plan(arms, base_cfg, seeds, dataset, quick)
     extra = module.extra(dataset) if hasattr(module, 'extra') else None
-    rows, results = run_arms(arms, base_cfg, QUICK_SEEDS if quick else FULL_SEEDS,
-                             dataset, workdir, extra)
-  ctx = Context(quick, workdir, dataset, arms, rows, results)
+    with workdir_lib.sweep_lock(workdir):
+      rows = train_plan(plan, dataset, workdir, getattr(module, 'KEEP_PARAMS', ()), extra,
+                        max_minutes, len(seeds) * max(len(a.grid(base_cfg, quick)) for a in arms),
+                        say)
+    if len(rows) < len(plan):
+      text = write_progress(module, workdir, plan, rows, command)
+      say(f'partial: {len(rows)} of {len(plan)} runs; run the same command again to continue '
+          f'(progress in {os.path.join(workdir, "progress.md")})')
+      return RunStatus(text, False, len(rows), len(plan))
+  selected = select_rates(arms, rows) if rows else {}
+  outcomes = compare_contrasts(contrasts_of(module, labels), selected, margin) if rows else []
+  ctx = Context(quick, workdir, dataset, arms, base_cfg, rows, selected, outcomes, margin)
   sections = module.analyse(ctx)
-  command = command or (f'python -m experiments {module.NAME}' + (' --quick' if quick else ''))
-  return write_report(ctx, module, sections, command, time.perf_counter() - start)
+  text = write_report(ctx, module, sections, command, time.perf_counter() - start, check)
+  progress = os.path.join(workdir, 'progress.md')
+  if os.path.exists(progress):
+    os.remove(progress)
+  return RunStatus(text, True, len(rows), len(plan))

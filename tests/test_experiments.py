@@ -1,18 +1,29 @@
-"""Every experiment's quick mode runs end to end and writes its report and plots.
+"""Every experiment's quick mode runs end to end; the framework resumes, selects and pairs.
 
 Quick mode on the tests' own small IDX dataset: the numbers mean nothing (the
-report says so); what is tested is that each experiment trains its arms,
-computes its statistics and writes a complete report.
+report says so); what is tested is that each experiment trains its arms at
+every rate of its grid, selects on validation, computes its paired
+statistics and writes a complete report, and that a partial run resumes.
 """
 import csv
 import importlib
+import json
 import os
-import re
+import subprocess
+import sys
 
 import pytest
 
 from experiments import EXPERIMENTS, common
 from lenet_jax import data
+from lenet_jax import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VERDICT_WORDS = ('different', 'equivalent within', 'inconclusive', 'not compared')
+
+
+def overrides(idx_dir):
+  return {'data.dataset': 'mnist', 'data.idx_dir': str(idx_dir), 'data.validation_size': 200}
 
 
 @pytest.mark.parametrize('name', EXPERIMENTS)
@@ -20,8 +31,10 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
   data.load.cache_clear()
   module = importlib.import_module(f'experiments.{name}')
   workdir = tmp_path / name
-  text = common.run(module, str(workdir), quick=True, data_overrides={
-      'data.dataset': 'mnist', 'data.idx_dir': str(idx_dir), 'data.validation_size': 200})
+  status = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
+                      say=lambda _: None)
+  text = status.text
+  assert status.complete
   assert (workdir / 'report.md').read_text() == text
   assert text.startswith(f'# {module.TITLE}')
   for heading in ('**Question.**', '**Method.**', '## Answer', '## Reproduce'):
@@ -29,58 +42,133 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
   for line in text.splitlines():  # every plot the report shows was written
     if line.startswith('!['):
       assert (workdir / line[line.index('(') + 1:-1]).is_file()
-  if module.TRAINS:
-    assert 'QUICK MODE' in text and f'idx:{idx_dir}' in text
-    with open(workdir / 'results.csv') as f:
-      rows = list(csv.DictReader(f))
-    arms = min(len(module.arms(True)), common.QUICK_ARMS)
-    assert len(rows) == arms * len(common.QUICK_SEEDS)
-    assert all(r['status'] == 'ok' for r in rows)
-    assert '95% CI' in text and '+-' in text
-    assert len(os.listdir(workdir / 'runs')) == len(rows)
+  if not module.TRAINS:
+    return
+  assert 'QUICK MODE' in text and f'idx:{idx_dir}' in text
+  assert 'img/s' not in text  # throughput is not reported
+  for words in ('Budget: 15 epochs', '10 seeds', 'paired by seed', 'Holm', 'TOST'):
+    assert words in module.METHOD, words
+  with open(workdir / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  arms = min(len(module.arms(True)), common.QUICK_ARMS)
+  assert len(rows) == arms * len(common.QUICK_SEEDS) * common.QUICK_RATES
+  assert all(r['status'] == 'ok' for r in rows)
+  assert len(os.listdir(workdir / 'runs')) == len(rows)
+  assert not list(workdir.glob('runs/*/checkpoints'))  # deleted once a run is written
+  assert '95% CI' in text and '+-' in text
+  assert '## Learning rate per arm (chosen on validation)' in text
+  assert 'possibly under-tuned' in text  # two rates: every choice is at an edge
+  assert (workdir / 'curves.png').is_file()
+  comparisons = text.split('## Paired comparisons')[1].split('\n## ')[0]
+  assert any(w in comparisons for w in VERDICT_WORDS)
+  assert (workdir / 'forest.png').is_file() == ('forest.png' in text)
+  verdicts = json.loads((workdir / common.VERDICTS_FILE).read_text())
+  for v in verdicts.values():
+    assert v['verdict'] in (stats.DIFFERENT, stats.INCONCLUSIVE) or v['verdict'].startswith(
+        (stats.DIFFERENT + ', but within', 'equivalent within'))
+  if getattr(module, 'HEADLINE', ()):
+    assert '## Headline checks' in text and 'not run yet' in text
 
 
-def test_a_rerun_takes_finished_runs_and_their_parameters_from_the_workdir(idx_dir, tmp_path,
-                                                                          capsys):
-  """learned_kernels analyses final parameters: a resumed run must bring them back."""
+def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
+  """--max_minutes stops after a group; the next call trains the rest and reports."""
   data.load.cache_clear()
   module = importlib.import_module('experiments.learned_kernels')
-  overrides = {'data.dataset': 'mnist', 'data.idx_dir': str(idx_dir),
-               'data.validation_size': 200}
   workdir = tmp_path / 'learned_kernels'
-  first = common.run(module, str(workdir), quick=True, data_overrides=overrides)
-  runs = len((workdir / 'results.jsonl').read_text().splitlines())
-  # A run whose parameters were never saved (killed in between) is trained again.
-  forgotten = sorted((workdir / 'runs').glob(f'*/{common.PARAMS_FILE}'))[0]
-  forgotten.unlink()
-  capsys.readouterr()
-  second = common.run(module, str(workdir), quick=True, data_overrides=overrides)
-  assert f'{runs - 1} runs already in' in capsys.readouterr().out
-  assert forgotten.is_file()
-  def without_timings(text):  # the run time and the img/s cell before 'ok/runs'
-    text = re.sub(r'\| [\d,]+ \| (\d+/\d+) \|', r'| - | \1 |', text)
-    return [line for line in text.splitlines() if not line.startswith('Ran in')]
-  assert without_timings(second) == without_timings(first)
+  said = []
+  first = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
+                     max_minutes=0, say=said.append)
+  per_group = len(common.QUICK_SEEDS) * common.QUICK_RATES
+  assert not first.complete and first.finished == per_group
+  assert any(s.startswith(f'partial: {per_group} of {first.total} runs; run the same command '
+                          'again to continue') for s in said)
+  assert any(s.startswith('estimate: the whole experiment is') for s in said)
+  assert (workdir / 'progress.md').is_file() and not (workdir / 'report.md').exists()
+  assert f'{per_group} of {first.total} runs have finished' in first.text
+  # A kept parameter file lost after the run was written: that run is trained again.
+  kept = sorted(workdir.glob(f'runs/*/{common.PARAMS_FILE}'))
+  assert len(kept) == common.QUICK_RATES  # seed 0 only, per rate
+  kept[0].unlink()
+  said.clear()
+  second = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
+                      say=said.append)
+  assert second.complete and second.finished == second.total == first.total
+  assert said[0].startswith(f'{first.total} runs ({per_group - 1} already finished')
+  assert kept[0].is_file()
+  assert not (workdir / 'progress.md').exists() and (workdir / 'report.md').is_file()
+  # Complete: a third call trains nothing and writes the same report.
+  third = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
+                     say=said.append)
+  strip = lambda t: [l for l in t.splitlines() if not l.startswith('This invocation took')]
+  assert strip(third.text) == strip(second.text)
 
 
-def test_statistics_helpers():
-  assert common.difference([1, 2, 3], [1, 2, 3])['diff'] == 0
-  d = common.difference([0.90, 0.91, 0.92], [0.80, 0.81, 0.82])
-  assert d['lo'] > 0 and abs(d['diff'] - 0.10) < 1e-9
-  assert 'higher test accuracy' in common.verdict('a', [0.90, 0.91, 0.92], 'b',
-                                                  [0.80, 0.81, 0.82])
-  assert 'no detectable difference' in common.verdict('a', [0.80, 0.90, 0.85], 'b',
-                                                      [0.82, 0.88, 0.84])
+def _rows(arm, val, test, rates=(1e-3, 2e-3)):
+  """Rows of one arm: val[rate][seed], test[rate][seed]."""
+  return [{'run_id': f'{arm}-{rate}-{seed}', 'arm': arm, 'seed': seed, 'status': 'ok',
+           common.LR: rate, 'val_acc': val[i][seed], 'test_acc': test[i][seed],
+           'params': 1, 'flops': 1}
+          for i, rate in enumerate(rates) for seed in range(len(val[i]))]
+
+
+def test_rates_are_selected_on_validation_and_differences_paired_by_seed():
+  arms = [common.Arm('ref', {}), common.Arm('other', {})]
+  # 'other': validation prefers the first rate although its test accuracy is lower.
+  rows = (_rows('ref', [[.80, .81, .82], [.90, .91, .92]], [[.80, .81, .82], [.90, .91, .92]]) +
+          _rows('other', [[.95, .95, .95], [.50, .50, .50]], [[.91, .92, .93], [.99, .99, .99]]))
+  selected = common.select_rates(arms, rows)
+  assert selected['ref'].chosen == {common.LR: 2e-3}
+  assert selected['other'].chosen == {common.LR: 1e-3}
+  [outcome] = common.compare_contrasts([common.Contrast('other', 'ref')], selected, 0.005)
+  comp = outcome.comparison
+  # Paired: every seed differs by exactly +0.01, so the interval is that point.
+  assert comp.test.se == 0 and abs(comp.test.estimate - 0.01) < 1e-12
+  assert comp.verdict == stats.DIFFERENT
+  assert common.plain_words(outcome, 0.005) == 'higher'
+  assert '**different**' in common.reading(outcome, 0.005)
+
+
+def test_a_rate_that_diverged_on_one_seed_is_not_selected():
+  arms = [common.Arm('a', {})]
+  rows = _rows('a', [[.80, .80], [.99, .99]], [[.8, .8], [.9, .9]])
+  rows[3]['status'] = 'diverged'
+  assert common.select_rates(arms, rows)['a'].chosen == {common.LR: 1e-3}
+
+
+def test_contrasts_of_other_metrics_pair_within_the_same_runs():
+  arms = [common.Arm('a', {})]
+  rows = _rows('a', [[.8, .8, .8], [.1, .1, .1]], [[.8, .8, .8], [.1, .1, .1]])
+  for r, up in zip(rows, (.70, .71, .72, 0, 0, 0)):
+    r['acc_up'], r['acc_down'] = up, up + 0.001
+  selected = common.select_rates(arms, rows)
+  contrast = common.Contrast('a', 'a', 'acc_down', 'acc_up')
+  [outcome] = common.compare_contrasts([contrast], selected, 0.005)
+  assert abs(outcome.comparison.test.estimate - 0.001) < 1e-9
+  assert outcome.comparison.verdict == 'different, but within +-0.005'
+  assert contrast.label == 'a: acc_down - acc_up'
+
+
+def test_grids():
+  base = common.base(quick=False)
+  assert common.Arm('adam', {}).grid(base, quick=False) == (1e-3, 2e-3, 4e-3)
+  assert common.Arm('adam', {}).grid(base, quick=True) == (1e-3, 2e-3)
+  sgd = common.Arm('sgd', {'optim.optimizer': 'sgd'}, rates=(0.9, 0.3, 2.7))
+  assert sgd.grid(base, quick=False) == (0.3, 0.9, 2.7)
+  with pytest.raises(ValueError, match='distinct learning rates'):
+    common.Arm('x', {}, rates=(0.1, 0.1)).grid(base, quick=False)
   shifted = common.shift_images(__import__('numpy').arange(9).reshape(1, 3, 3, 1), 1, 0)
   assert shifted[0, :, :, 0].tolist() == [[0, 0, 0], [0, 1, 2], [3, 4, 5]]
 
 
 def test_an_unknown_experiment_names_the_choices():
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run([sys.executable, '-m', 'experiments', 'channel_shrink'],
-                        capture_output=True, text=True, cwd=root, timeout=120)
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert proc.returncode == 2
-  assert "NAME is one of shapes, channel_growth" in proc.stderr
+  assert 'NAME is one of shapes, channel_growth' in proc.stderr
   assert "got ['channel_shrink']" in proc.stderr
+
+
+def test_a_headline_check_of_an_experiment_without_headlines_is_refused(tmp_path):
+  module = importlib.import_module('experiments.shapes')
+  with pytest.raises(ValueError, match='declares no HEADLINE'):
+    common.run(module, str(tmp_path), quick=True, epochs=30, check=True)
