@@ -4,7 +4,7 @@ Kernel sizes 1, 3, 5, 7, 9 at the note's widths (6, 16), and the same kernel
 sizes with the widths rescaled so that the two conv layers hold about as many
 parameters as the note's (2,572). 'same' padding everywhere, so every kernel
 size gives the same map sizes (28 -> 14 -> 7) and the same dense layers.
-Full mode: 9 arms x 3 rates x 10 seeds x 15 epochs = 270 runs (the README
+Full mode: 14 arms x 3 rates x 10 seeds x 15 epochs = 420 runs (the README
 gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments channels_vs_kernel --max_minutes=50
 """
@@ -24,7 +24,10 @@ METHOD = ('Two families of the note\'s network with \'same\' padding in both blo
           'and 9 (and 1), widths rescaled by one factor s, (round(6s), round(16s)), '
           'chosen so the two conv layers hold as close as possible to the 2,572 conv '
           'parameters of 6 -> 16 with 5x5 kernels. Every arm is compared with 5x5 at '
-          '6 -> 16. ' + common.protocol())
+          '6 -> 16; (c) a global-average-pooling head, whose dense layers do not change '
+          'with the channel count, at 5x5 6 -> 16 and for kernels 3 and 7 with widths '
+          'matched to it once on total parameters and once on FLOPs. (a) and (b) are '
+          'compared with 5x5 at 6 -> 16, (c) with the gap 5x5 at 6 -> 16. ' + common.protocol())
 TRAINS = True
 REFERENCE = 'k5 6->16'
 HEADLINE = ('k3 6->16', 'k9 6->16', 'k1 6->16')
@@ -44,6 +47,20 @@ def budget_channels(kernel: int) -> tuple[int, int]:
   return min(candidates, key=lambda c: abs(conv_params(c, kernel) - NOTE_CONV_PARAMS))
 
 
+GAP = {'model.head': 'gap', 'model.padding': ('same',)}
+GAP_REFERENCE = 'gap k5 6->16'
+
+
+def gap_channels(kernel: int, key: str) -> tuple[int, int]:
+  """Widths (6s, 16s) whose whole gap-head network comes closest to the 5x5 6->16 one in
+  `key` ('params' or 'flops'): with a gap head the dense layers do not grow with c2."""
+  target = arch.totals(ModelConfig(channels=(6, 16), padding=('same',), head='gap'))[key]
+  candidates = {(max(1, round(6 * s / 20)), max(1, round(16 * s / 20))) for s in range(5, 400)}
+  value = lambda c: arch.totals(ModelConfig(channels=c, kernel_size=(kernel,),
+                                            padding=('same',), head='gap'))[key]
+  return min(candidates, key=lambda c: abs(value(c) - target))
+
+
 def arms(quick):
   del quick
   fixed = [common.Arm(f'k{k} 6->16', {'model.kernel_size': (k,), 'model.padding': ('same',)})
@@ -54,7 +71,21 @@ def arms(quick):
     budget.append(common.Arm(f'k{k} {c[0]}->{c[1]} (budget)',
                              {'model.kernel_size': (k,), 'model.padding': ('same',),
                               'model.channels': c}))
-  return fixed + budget
+  gap = [common.Arm(GAP_REFERENCE, GAP)]
+  for k in (3, 7):
+    for key in ('params', 'flops'):
+      c = gap_channels(k, key)
+      gap.append(common.Arm(f'gap k{k} {c[0]}->{c[1]} ({key}-matched)',
+                            {**GAP, 'model.kernel_size': (k,), 'model.channels': c}))
+  return fixed + budget + gap
+
+
+def contrasts(labels):
+  flatten = [common.Contrast(l, REFERENCE) for l in labels
+             if l != REFERENCE and not l.startswith('gap')]
+  gap = [common.Contrast(l, GAP_REFERENCE) for l in labels
+         if l.startswith('gap') and l != GAP_REFERENCE]
+  return flatten + gap
 
 
 def analyse(ctx):
@@ -68,8 +99,10 @@ def analyse(ctx):
                                  'receptive field'], rows)
   plot = common.plot_accuracy(ctx, 'flops', os.path.join(ctx.workdir, 'acc_vs_flops.png'),
                               'forward FLOPs per image')
-  fixed = [o for o in ctx.outcomes if 'budget' not in o.contrast.arm]
+  fixed = [o for o in ctx.outcomes if o.contrast.reference == REFERENCE
+           and 'budget' not in o.contrast.arm]
   budget = [o for o in ctx.outcomes if 'budget' in o.contrast.arm]
+  gap = [o for o in ctx.outcomes if o.contrast.reference == GAP_REFERENCE]
   answer = f'''
 **At the note's widths (6 -> 16), against 5x5:**
 
@@ -78,6 +111,10 @@ def analyse(ctx):
 **At the note's conv parameter budget, against 5x5 at 6 -> 16:**
 
 {ctx.lines(budget) or '(arms not run in this mode)'}
+
+**With a gap head (dense layers independent of the channels), against gap 5x5 at 6 -> 16:**
+
+{ctx.lines(gap) or '(arms not run in this mode)'}
 
 **Reading (analytic).** A conv layer with c_in inputs, c_out outputs and k x k
 kernels has k^2 c_in c_out + c_out parameters and costs k^2 c_in c_out
@@ -88,5 +125,6 @@ the flatten (the "all params" column).
 
 **Answer.** No rule ties the channel count to the kernel size; they trade
 against each other through cost. Measured at fixed width: {common.tally(ctx, fixed)}.
-At the fixed conv budget: {common.tally(ctx, budget)}.'''
+At the fixed conv budget: {common.tally(ctx, budget)}. With the gap head, matched
+on total parameters or FLOPs: {common.tally(ctx, gap)}.'''
   return [('Architecture facts', facts + f'\n\n![{plot}]({plot})'), ('Answer', answer)]

@@ -1,12 +1,18 @@
 """The note's checkable claims: sum vs mean in the convolution, ReLU vs sigmoid vs a
 real normalisation (batch norm), and max vs average vs no pooling under small shifts.
 
-Full mode: 10 arms x 3 rates x 10 seeds x 15 epochs = 300 runs (the README
+Full mode: 14 arms x 3 rates x 10 seeds x 15 epochs = 420 runs (the README
 gives the study's wall time; the no-pooling arm is the slow one); resumable,
 e.g. in pieces of 50 minutes:
   python -m experiments claims --max_minutes=50
 """
+import functools
+
+import jax
+import numpy as np
+
 from experiments import common
+from lenet_jax.model import LeNet5
 
 NAME = 'claims'
 TITLE = "The note's claims: mean vs sum, ReLU vs normalisation, pooling and shifts"
@@ -20,7 +26,14 @@ METHOD = ('Arms over the note\'s network (5x5 convs, 6 -> 16, dense 120-84-10). 
           'use the default recipe; the SGD arms use d2l\'s (sigmoid, plain SGD, constant '
           'rate, Xavier) with the grid 0.3, 0.9, 2.7 around d2l\'s 0.9. Shifted accuracy '
           'averages the four directions (up, down, left, right) with zero fill; the drop is '
-          'unshifted minus shifted test accuracy of the same run. Each claim has its own '
+          'unshifted minus shifted test accuracy of the same run. Shift tolerance is also '
+          'measured directly: the cosine similarity of LeNet5.features (the dense layer\'s '
+          'input) of a test image and of its copy moved by 1 or 2 pixels, averaged over the '
+          'test set and the four directions. Controls: a stride-2 conv in place of each '
+          'pool (no pooling, the same map sizes), max pooling trained on images shifted at '
+          'random by up to 2 pixels, and mean-conv arms compensated (initial kernels x25, '
+          'kernel learning rate x25 for Adam, x625 for SGD), expected to match the sum '
+          'conv within the margin. Each claim has its own '
           'reference (below); all comparisons share one Holm family. ' + common.protocol())
 TRAINS = True
 HEADLINE = ('relu, conv mean', 'relu + batch norm', 'avg pool')
@@ -39,6 +52,17 @@ ARMS = {
     'sigmoid + batch norm': {'model.activation': 'sigmoid', 'model.normalization': 'batch'},
     'avg pool': {'model.pool': 'avg'},
     'no pool': {'model.pool': 'none'},
+    # the mean conv compensated: its initial function equals the sum conv's, and its
+    # kernels' effective steps too (Adam's steps ignore the gradient's scale: lr x k^2;
+    # SGD's gradient shrinks by 1/k^2 as well: lr x k^4)
+    'relu, conv mean, init x25, lr x25': {'model.conv_reduction': 'mean',
+                                          'model.conv_init_scale': 25.0,
+                                          'optim.conv_lr_scale': 25.0},
+    'd2l sgd, conv mean, init x25, lr x625': {**D2L, 'model.conv_reduction': 'mean',
+                                              'model.conv_init_scale': 25.0,
+                                              'optim.conv_lr_scale': 625.0},
+    'stride-2 conv, no pool': {'model.pool': 'stride'},
+    'max pool, shift-augmented (+-2 px)': {'data.augment_shift': 2},
 }
 DEFAULT = 'relu, max pool, sum (default)'
 SHIFTS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
@@ -51,18 +75,42 @@ def arms(quick):
           for label in order]
 
 
-MEAN_SUM = [('relu, conv mean', DEFAULT), ('d2l sgd, conv mean', 'd2l sgd, sum')]
+MEAN_SUM = [('relu, conv mean', DEFAULT), ('d2l sgd, conv mean', 'd2l sgd, sum'),
+            ('relu, conv mean, init x25, lr x25', DEFAULT),
+            ('d2l sgd, conv mean, init x25, lr x625', 'd2l sgd, sum')]
 ACTIVATIONS = [(DEFAULT, 'sigmoid'), ('tanh', DEFAULT), ('relu + batch norm', DEFAULT),
                ('sigmoid + batch norm', 'sigmoid')]
-POOLING = [('avg pool', DEFAULT), ('no pool', DEFAULT)]
+POOLING = [('avg pool', DEFAULT), ('no pool', DEFAULT), ('stride-2 conv, no pool', DEFAULT),
+           ('max pool, shift-augmented (+-2 px)', DEFAULT)]
 DROPS = ('drop_shift1', 'drop_shift2')
+SIMILARITY = ('feature_cos_shift1', 'feature_cos_shift2')
 
 
 def contrasts(labels):
   del labels
   pairs = MEAN_SUM + ACTIVATIONS + POOLING
   return ([common.Contrast(a, b) for a, b in pairs] +
-          [common.Contrast(a, b, metric) for metric in DROPS for a, b in POOLING])
+          [common.Contrast(a, b, metric) for metric in DROPS + SIMILARITY
+           for a, b in POOLING])
+
+
+@functools.lru_cache(maxsize=None)
+def _features_fn(model_cfg):
+  model = LeNet5(model_cfg)
+  return jax.jit(lambda params, x: model.apply({'params': params}, x, method=LeNet5.features))
+
+
+def feature_similarity(cfg, params, images, dy, dx, batch=1000) -> float:
+  """Mean cosine similarity of the dense layer's input for an image and its shifted copy."""
+  fn = _features_fn(cfg.model)
+  total = 0.0
+  for i in range(0, len(images), batch):
+    x = images[i:i + batch].astype(np.float32) / 255
+    a = np.asarray(fn(params, x))
+    b = np.asarray(fn(params, common.shift_images(x, dy, dx)))
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    total += float(np.sum(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
+  return total / len(images)
 
 
 def extra(dataset):
@@ -70,6 +118,10 @@ def extra(dataset):
     if res.config.model.normalization == 'batch':
       return {}  # the pooling comparison uses the arms without batch norm
     out = {}
+    for pixels in (1, 2):
+      sims = [feature_similarity(res.config, res.params, dataset.test_images,
+                                 dy * pixels, dx * pixels) for dy, dx in SHIFTS]
+      out[f'feature_cos_shift{pixels}'] = sum(sims) / len(sims)
     for pixels in (1, 2):
       accs = [common.accuracy(res.config, res.params,
                               common.shift_images(dataset.test_images, dy * pixels, dx * pixels),
@@ -86,10 +138,11 @@ def _pick(ctx, pairs, metric='test_acc'):
 
 
 def analyse(ctx):
-  table = common.arm_table(ctx, ['acc_shift1', 'acc_shift2', *DROPS])
+  table = common.arm_table(ctx, ['acc_shift1', 'acc_shift2', *DROPS, *SIMILARITY])
   mean_sum, activations = _pick(ctx, MEAN_SUM), _pick(ctx, ACTIVATIONS)
   pooling = _pick(ctx, POOLING)
   drops = [o for metric in DROPS for o in _pick(ctx, POOLING, metric)]
+  similarity = [o for metric in SIMILARITY for o in _pick(ctx, POOLING, metric)]
   none = '(arms not run in this mode)'
   answer = f'''
 **(a) Sum vs mean.** A mean-convolution is the sum times 1/k^2 = 1/25: the same
@@ -113,9 +166,15 @@ shifted; a positive difference means the arm loses more than max pooling):
 
 {ctx.lines(drops) or none}
 
+Similarity of the dense layer's input for an image and its shifted copy (a
+positive difference means the arm's features move less than max pooling's):
+
+{ctx.lines(similarity) or none}
+
 **Answer.** (a) Mean against sum: {common.tally(ctx, mean_sum)}. (b) Activations
 and batch norm: {common.tally(ctx, activations)}. (c) Pooling, unshifted:
 {common.tally(ctx, pooling)}; accuracy lost to shifts against max pooling:
-{common.tally(ctx, drops)}. Each verdict is Holm-corrected over all
+{common.tally(ctx, drops)}; feature similarity under shifts against max pooling:
+{common.tally(ctx, similarity)}. Each verdict is Holm-corrected over all
 {len(ctx.outcomes)} comparisons of this experiment with a +-{100 * ctx.margin:g}-point margin.'''
   return [('Arms with shifted test accuracy', table), ('Answer', answer)]
