@@ -1,5 +1,6 @@
 """Pure train/eval steps: fitting, determinism, exact evaluation, foreign models, divergence."""
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -144,6 +145,56 @@ def test_frozen_layers_keep_their_initial_values():
                                 initial['block1_conv1']['kernel'])
   assert not np.array_equal(res.params['block2_conv1']['kernel'],
                             initial['block2_conv1']['kernel'])
+
+
+def test_shift_batch_moves_each_image_by_its_own_draw():
+  from experiments.common import shift_images  # the evaluation's convention
+  images = jnp.asarray(np.random.default_rng(0).integers(1, 256, (64, 7, 9, 2), np.uint8))
+  key = jax.random.key(3)
+  shifted = np.asarray(train.shift_batch(images, key, 3))
+  shifts = np.asarray(jax.random.randint(key, (64, 2), -3, 4))  # the draws it makes
+  assert shifts.min() == -3 and shifts.max() == 3
+  for image, out, (dy, dx) in zip(np.asarray(images), shifted, shifts):
+    np.testing.assert_array_equal(out, shift_images(image[None], int(dy), int(dx))[0])
+
+
+def test_a_shift_augmented_epoch_is_the_steps_on_shifted_batches():
+  """Inside the epoch's scan, step t shifts its batch with fold_in(epoch key, t)."""
+  ds = tiny_dataset(n_train=128)
+  images, labels = jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels)
+  tx = optax.adam(1e-2)
+  state = lambda: train.create_train_state(LeNet5(TINY), tx, jax.random.key(0), (28, 28, 1))
+  key = jax.random.key(7)
+  scanned, _ = train.train_epoch(state(), images, labels, key, batch_size=32, augment_shift=2)
+  by_hand = state()
+  order = np.asarray(jax.random.permutation(key, 128)).reshape(4, 32)
+  for step, idx in enumerate(order):
+    batch = {'image': train.shift_batch(images[idx], jax.random.fold_in(key, step), 2),
+             'label': labels[idx]}
+    by_hand, _ = train.train_step(by_hand, batch)
+  for x, y in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(by_hand.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  unshifted, _ = train.train_epoch(state(), images, labels, key, batch_size=32)
+  assert not np.allclose(unshifted.params['dense1']['kernel'], scanned.params['dense1']['kernel'])
+
+
+def test_shift_augmented_runs_train_alike_stacked():
+  """Each stacked run draws its shifts from its own data key, as it would alone."""
+  ds = tiny_dataset(n_train=256)
+  configs = [tiny_config(epochs=1, seed=seed, **{'data.augment_shift': 2}) for seed in (0, 1)]
+  together = loop.train_group(configs, ds, vmap=True)
+  alone = [loop.train_group([cfg], ds)[0] for cfg in configs]
+  for a, b in zip(alone, together):
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+      np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize('shift', [-1, 28, True, 1.5])
+def test_augment_shift_must_fit_the_image(shift):
+  from lenet_jax import validation
+  with pytest.raises(ValueError, match=re.escape(f'data.augment_shift={shift!r} must be an '
+                                                 'integer in 0..27')):
+    validation.check_config(tiny_config(**{'data.augment_shift': shift}))
 
 
 @pytest.mark.parametrize('vmap', [False, True])
