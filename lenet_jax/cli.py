@@ -188,8 +188,6 @@ def _merge(sweep, sweep_lib) -> int:
 
 def _check_run_flags() -> None:
   """The flags that are not config fields; raises ValueError naming the bad one."""
-  if FLAGS.seeds < 1:
-    raise ValueError(f'--seeds={FLAGS.seeds} must be >= 1.')
   acc = FLAGS.target_test_acc
   if acc is not None and not 0 < acc <= 1:  # NaN fails this too
     raise ValueError(f'--target_test_acc={acc} must be an accuracy in (0, 1].')

@@ -44,7 +44,7 @@ from lenet_jax import stats
 from lenet_jax import summaries
 from lenet_jax import validation
 from lenet_jax import workdir as workdir_lib
-from lenet_jax.workdir import atomic_write  # pylint: disable=unused-import
+from lenet_jax.workdir import atomic_write
 from lenet_jax.config import Config
 
 
@@ -465,7 +465,7 @@ def run_sweep(sweep: Sweep, workdir: str | None,
   resources.check_fits([[loop.with_input_shape(c, datasets[c.data]) for c in members]
                         for members in batches], stacked)
   if not workdir:
-    return _train(sweep, None, batches, datasets, {}, say, target_test_acc, tensorboard,
+    return _train(None, batches, datasets, {}, say, target_test_acc, tensorboard,
                   stacked, 'results')
   results_name = ('results' if num_shards == 1 else
                   f'results.shard-{shard_index}-of-{num_shards}')
@@ -478,14 +478,13 @@ def run_sweep(sweep: Sweep, workdir: str | None,
       say(f'removed {path}, left by an interrupted process')
     finished = {run_id(c): finished_row(workdir, c, warn, datasets[c.data].fingerprint)
                 for c in mine}
-    return _train(sweep, workdir, batches, datasets, finished, say, target_test_acc,
+    return _train(workdir, batches, datasets, finished, say, target_test_acc,
                   tensorboard, stacked, results_name)
 
 
-def _train(sweep, workdir, batches, datasets, finished, say, target_test_acc, tensorboard,
+def _train(workdir, batches, datasets, finished, say, target_test_acc, tensorboard,
            stacked, results_name) -> list[dict[str, Any]]:
   """Trains the unfinished runs of `batches`, group by group; see run_sweep."""
-  del sweep
   mine = [c for members in batches for c in members]
   rows: dict[str, dict[str, Any]] = {k: v for k, v in finished.items() if v}
   if rows:
