@@ -310,25 +310,27 @@ def test_a_second_process_on_a_workdir_or_shard_is_refused_with_the_holders_pid(
   assert open(workdir / '.lock.shard-1-of-2').read() == ''  # released
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_exactly(idx_dir, tmp_path, sig):
-  clean, stopped = str(tmp_path / 'clean'), str(tmp_path / 'stopped')
-  assert _run(_cmd(idx_dir, clean, '--epochs=40')).returncode == 0
-  cmd = _cmd(idx_dir, stopped, '--epochs=40')
-  proc = _start(cmd)
-  _wait_for(lambda: glob.glob(os.path.join(stopped, 'runs', '*', 'checkpoints', '1')))
-  assert proc.poll() is None
-  proc.send_signal(sig)
-  _, stderr = proc.communicate(timeout=120)
-  assert proc.returncode == 130, stderr
-  assert 'interrupted; every finished run and epoch checkpoint is in' in stderr
-  assert 'Traceback' not in stderr
-  assert not glob.glob(os.path.join(stopped, '**', '*.tmp[0-9]*'), recursive=True)
-  assert _run(cmd).returncode == 0
-  want, got = _final_params(clean), _final_params(stopped)
-  for layer in want:
-    for name in want[layer]:
-      np.testing.assert_array_equal(got[layer][name], want[layer][name])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_exactly(idx_dir, tmp_path):
+  clean = str(tmp_path / 'clean')
+  assert _run(_cmd(idx_dir, clean, '--epochs=30')).returncode == 0
+  want = _final_params(clean)
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    stopped = str(tmp_path / sig.name)
+    cmd = _cmd(idx_dir, stopped, '--epochs=30')
+    proc = _start(cmd)
+    _wait_for(lambda: glob.glob(os.path.join(stopped, 'runs', '*', 'checkpoints', '1')))
+    assert proc.poll() is None
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (sig, stderr)
+    assert 'interrupted; every finished run and epoch checkpoint is in' in stderr
+    assert 'Traceback' not in stderr
+    assert not glob.glob(os.path.join(stopped, '**', '*.tmp[0-9]*'), recursive=True)
+    assert _run(cmd).returncode == 0
+    got = _final_params(stopped)
+    for layer in want:
+      for name in want[layer]:
+        np.testing.assert_array_equal(got[layer][name], want[layer][name])
 
 
 def test_damaged_result_files_are_rebuilt_or_retrained(idx_dir, tmp_path):
