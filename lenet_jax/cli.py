@@ -284,11 +284,7 @@ def main(argv) -> int:
     print(f"\nstatus {r['status']}; validation accuracy {r['val_acc']}; "
           f"test accuracy {r['test_acc']}")
   if FLAGS.workdir:
-    print(f'\nresults: {os.path.join(FLAGS.workdir, _results_name() + ".csv")}')
+    name = sweep_lib.results_name(FLAGS.num_shards, FLAGS.shard_index)
+    print(f'\nresults: {os.path.join(FLAGS.workdir, name + ".csv")}')
   return 0
 
-
-def _results_name() -> str:
-  if FLAGS.num_shards == 1:
-    return 'results'
-  return f'results.shard-{FLAGS.shard_index}-of-{FLAGS.num_shards}'

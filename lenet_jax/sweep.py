@@ -412,6 +412,11 @@ def load_datasets(configs: Sequence[Config],
   return datasets
 
 
+def results_name(num_shards: int = 1, shard_index: int = 0) -> str:
+  """The stem of the results files a process writes: the sweep's, or its shard's."""
+  return 'results' if num_shards == 1 else f'results.shard-{shard_index}-of-{num_shards}'
+
+
 def _results_paths(workdir: str, name: str) -> list[str]:
   return [os.path.join(workdir, f'{name}.{ext}') for ext in ('jsonl', 'csv')]
 
@@ -467,19 +472,18 @@ def run_sweep(sweep: Sweep, workdir: str | None,
   if not workdir:
     return _train(None, batches, datasets, {}, say, target_test_acc, tensorboard,
                   stacked, 'results')
-  results_name = ('results' if num_shards == 1 else
-                  f'results.shard-{shard_index}-of-{num_shards}')
+  name = results_name(num_shards, shard_index)
   check_writable(workdir)
   with workdir_lib.sweep_lock(workdir, num_shards, shard_index):
     claim_workdir(workdir, sweep, execution(stacked, max_models))
     for path in workdir_lib.clean_temporaries(
-        [run_dir(workdir, c) for c in mine] + _results_paths(workdir, results_name)
+        [run_dir(workdir, c) for c in mine] + _results_paths(workdir, name)
         + [os.path.join(workdir, 'sweep.json')]):
       say(f'removed {path}, left by an interrupted process')
     finished = {run_id(c): finished_row(workdir, c, warn, datasets[c.data].fingerprint)
                 for c in mine}
     return _train(workdir, batches, datasets, finished, say, target_test_acc,
-                  tensorboard, stacked, results_name)
+                  tensorboard, stacked, name)
 
 
 def _train(workdir, batches, datasets, finished, say, target_test_acc, tensorboard,
