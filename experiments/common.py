@@ -11,10 +11,12 @@ and on mnist_5k), `extra(dataset)` (more metrics per run, from its final
 parameters, computed when the run finishes) and `KEEP_PARAMS` (the seeds whose
 final parameters are kept on disk, for analyses that plot them).
 
-The budget (full mode): every arm trains `FULL_EPOCHS` epochs on each seed of
-`FULL_SEEDS` at every learning rate of its grid; the rate is chosen per arm
-on mean validation accuracy over the seeds (never on test), and the arm is
-reported at that rate. Each comparison pairs runs of the same seed (same data
+The budget (full mode): every arm trains `FULL_EPOCHS` epochs. Its learning
+rate is tuned first: every rate of its grid on the tuning seeds (the first
+`TUNE_SEEDS` of `FULL_SEEDS`), the rate with the best mean validation
+accuracy chosen (never on test); then the other seeds train at the chosen
+rate only, and the arm is reported on all of `FULL_SEEDS` at that rate. (A full
+grid on every seed would cost twice as much and change only the choice's noise.) Each comparison pairs runs of the same seed (same data
 order and, where shapes match, the same initialisation): a paired t test on
 the per-seed differences, Holm across the experiment's comparisons, and TOST
 against the margin; `lenet_jax.stats.compare` has the rules.
@@ -25,8 +27,9 @@ and trained again, as sweeps do), stops after the group in progress once
 `max_minutes` have passed, and writes report.md only when every run exists
 (progress.md until then).
 
-Quick mode (for tests): 2 seeds, 1 epoch on at most 2,048 training
-examples, 2 rates per grid, at most 3 arms; its report says it answers nothing.
+Quick mode (for tests): 2 seeds (the first tunes), 1 epoch on at most 2,048
+training examples, 2 rates per grid, at most 3 arms; its report says it
+answers nothing.
 """
 import dataclasses
 import functools
@@ -54,8 +57,10 @@ from lenet_jax import workdir as workdir_lib
 from lenet_jax.config import Config
 
 FULL_SEEDS = tuple(range(10))
+TUNE_SEEDS = 3  # the first seeds, which train at every rate of the grid
 FULL_EPOCHS = 15
 QUICK_SEEDS = (0, 1)
+QUICK_TUNE_SEEDS = 1
 QUICK_EPOCHS = 1
 QUICK_TRAIN_EXAMPLES = 2048
 QUICK_ARMS = 3
@@ -208,21 +213,36 @@ class Planned:
 
 
 def make_plan(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
-              dataset: data_lib.Dataset, quick: bool) -> list[Planned]:
-  """Every run, in arm, rate, seed order; each config checked before anything trains."""
+              tune_seeds: int, dataset: data_lib.Dataset, quick: bool,
+              chosen: dict[str, float] | None = None) -> list[Planned]:
+  """The runs known so far, in arm order; each config checked before anything trains.
+
+  Per arm: every rate of its grid on the first `tune_seeds` seeds, and, once
+  `chosen` names its rate, that rate on the other seeds.
+  """
+  chosen = chosen or {}
   plan, owner = [], {}
   for arm in arms:
     cfg = loop.with_input_shape(arm.config(base_cfg), dataset)
     validation.check_config(cfg)
-    for rate in arm.grid(base_cfg, quick):
-      for seed in seeds:
-        run = Planned(arm.label, config_lib.override(cfg, {LR: rate, 'seed': seed}))
-        if run.run_id in owner:
-          raise ValueError(f'arms {owner[run.run_id]!r} and {arm.label!r} train the same '
-                           'configuration; give each arm its own overrides.')
-        owner[run.run_id] = arm.label
-        plan.append(run)
+    runs = [(rate, seed) for rate in arm.grid(base_cfg, quick) for seed in seeds[:tune_seeds]]
+    if arm.label in chosen:
+      runs += [(chosen[arm.label], seed) for seed in seeds[tune_seeds:]]
+    for rate, seed in runs:
+      run = Planned(arm.label, config_lib.override(cfg, {LR: rate, 'seed': seed}))
+      if run.run_id in owner:
+        raise ValueError(f'arms {owner[run.run_id]!r} and {arm.label!r} train the same '
+                         'configuration; give each arm its own overrides.')
+      owner[run.run_id] = arm.label
+      plan.append(run)
   return plan
+
+
+def planned_total(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
+                  tune_seeds: int, quick: bool) -> dict[str, int]:
+  """Arm label -> how many runs it trains in all (its grid on the tuning seeds, then the rest)."""
+  return {arm.label: len(arm.grid(base_cfg, quick)) * tune_seeds + len(seeds) - tune_seeds
+          for arm in arms}
 
 
 def _finished(workdir: str, run: Planned, fingerprint: str, keep_params: Sequence[int],
@@ -337,24 +357,42 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
 # Selection and comparisons
 
 
-def select_rates(arms: Sequence[Arm], rows: Sequence[dict[str, Any]]) -> dict[str, Named]:
-  """Per arm, the learning rate with the best mean validation accuracy over its seeds.
+def select_rates(arms: Sequence[Arm], rows: Sequence[dict[str, Any]],
+                 tune_seeds: Sequence[int] | None = None) -> dict[str, Named]:
+  """Per arm, the learning rate with the best mean validation accuracy over the tuning seeds.
 
-  `report.tune`'s rule: only rates that finished on every seed are eligible.
-  Each returned group holds the runs at the chosen rate (`chosen` is None,
-  and `runs` empty, when no rate is eligible) and every rate's runs in
-  `candidates`.
+  `report.tune`'s rule: only rates that finished on every tuning seed are
+  eligible. Each returned group holds the arm's runs at the chosen rate, on
+  every seed (`chosen` is None, and `runs` empty, when no rate is eligible),
+  and every rate's tuning runs in `candidates`. `tune_seeds` None: every seed
+  tunes.
   """
+  tuning = [r for r in rows if tune_seeds is None or r['seed'] in tune_seeds]
   groups = []
   for arm in arms:
-    rates = list(dict.fromkeys(r[LR] for r in rows if r['arm'] == arm.label))
+    rates = list(dict.fromkeys(r[LR] for r in tuning if r['arm'] == arm.label))
     for rate in rates:
       groups.append(Named({'arm': arm.label, LR: rate},
-                          [r for r in rows if r['arm'] == arm.label and r[LR] == rate],
+                          [r for r in tuning if r['arm'] == arm.label and r[LR] == rate],
                           name=arm.label))
-  tuned = report_lib.tune(groups, LR, 'val_acc')
-  return {g.values['arm']: Named(g.values, g.runs, g.chosen, g.candidates, name=g.values['arm'])
-          for g in tuned}
+  selected = {}
+  for g in report_lib.tune(groups, LR, 'val_acc'):
+    label = g.values['arm']
+    runs = ([r for r in rows if r['arm'] == label and r[LR] == g.chosen[LR]]
+            if g.chosen else [])
+    selected[label] = Named(g.values, runs, g.chosen, g.candidates, name=label)
+  return selected
+
+
+def tuned_rates(arms: Sequence[Arm], rows: Sequence[dict[str, Any]], plan: Sequence[Planned],
+                tune_seeds: Sequence[int]) -> dict[str, float]:
+  """Arm label -> its chosen rate, for the arms whose tuning runs have all finished."""
+  done = {r['run_id'] for r in rows}
+  complete = [a for a in arms if all(p.run_id in done for p in plan if p.arm == a.label
+                                     and p.config.seed in tune_seeds)]
+  selected = select_rates(complete, [r for r in rows if r['arm'] in
+                                     {a.label for a in complete}], tune_seeds)
+  return {label: g.chosen[LR] for label, g in selected.items() if g.chosen}
 
 
 def _metric_group(group: Named, metric: str, name: str) -> Named:
@@ -488,18 +526,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def protocol(margin: float = MARGIN) -> str:
   """The study's method, for each module's METHOD."""
   return (f'Budget: {FULL_EPOCHS} epochs (cosine schedule), seeds '
-          f'{FULL_SEEDS[0]}-{FULL_SEEDS[-1]} ({len(FULL_SEEDS)} seeds). Each arm trains at '
-          f'every learning rate of its grid (by default its recipe\'s rate x '
+          f'{FULL_SEEDS[0]}-{FULL_SEEDS[-1]} ({len(FULL_SEEDS)} seeds). Each arm\'s learning '
+          f'rate is tuned on seeds {FULL_SEEDS[0]}-{FULL_SEEDS[TUNE_SEEDS - 1]}, which train at '
+          'every rate of its grid (by default its recipe\'s rate x '
           f'{", ".join(f"{f:g}" for f in RATE_FACTORS)}; e.g. 1e-3, 2e-3, 4e-3 for Adam at '
-          '2e-3) and is reported at the rate with the best mean validation accuracy over the '
-          'seeds; the test set plays no part in the choice, and a rate at the edge of its '
-          'grid is flagged. Comparisons are paired by seed (the same seed gives the same '
-          'data order and, where shapes match, the same initialisation): a paired t test on '
-          'the per-seed differences at each arm\'s selected rate, Holm-corrected across all '
-          f'comparisons of this experiment at family-wise alpha {ALPHA:g}, and an equivalence '
-          f'test (TOST, Holm-corrected the same way) against a margin of +-{100 * margin:g} '
-          'points declared before running. Throughput is not reported: the runs were timed on '
-          'a shared machine.')
+          '2e-3); the rate with the best mean validation accuracy over those seeds is chosen '
+          '(the test set plays no part in the choice, and a rate at the edge of its grid is '
+          f'flagged), the other {len(FULL_SEEDS) - TUNE_SEEDS} seeds train at that rate only, '
+          f'and the arm is reported on all {len(FULL_SEEDS)} seeds at it. Comparisons are paired by seed (the '
+          'same seed gives the same data order and, where shapes match, the same '
+          'initialisation): a paired t test on the per-seed differences at each arm\'s '
+          'selected rate, Holm-corrected across all comparisons of this experiment at '
+          f'family-wise alpha {ALPHA:g}, and an equivalence test (TOST, Holm-corrected the '
+          f'same way) against a margin of +-{100 * margin:g} points declared before running. '
+          'Throughput is not reported: the runs were timed on a shared machine.')
 
 
 def arm_table(ctx: Context, extra_columns: Sequence[str] = ()) -> str:
@@ -527,8 +567,10 @@ def tuning_section(ctx: Context) -> str:
   if unselected:
     notes.append('No rate finished on every seed, so nothing was selected and the arm is '
                  'not compared: ' + ', '.join(unselected) + '.')
-  return ('Mean validation accuracy over the seeds at each learning rate; the arm is '
-          'reported at the best one.\n\n' + table + ('\n\n' + '\n'.join(notes) if notes else ''))
+  seeds = sorted({r['seed'] for g in groups for c in (g.candidates or {}).values()
+                  for r in c.runs})
+  return (f'Mean validation accuracy over the tuning seeds ({", ".join(map(str, seeds))}) at '
+          'each learning rate; the arm is reported at the best one, on every seed.\n\n' + table + ('\n\n' + '\n'.join(notes) if notes else ''))
 
 
 def comparisons_section(ctx: Context) -> str:
@@ -729,20 +771,16 @@ def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], comm
   return text
 
 
-def write_progress(module, workdir: str, plan: Sequence[Planned],
+def write_progress(module, workdir: str, totals: dict[str, int],
                    rows: Sequence[dict[str, Any]], command: str) -> str:
-  done = {r['run_id'] for r in rows}
-  per_arm = {}
-  for run in plan:
-    n, k = per_arm.get(run.arm, (0, 0))
-    per_arm[run.arm] = (n + 1, k + (run.run_id in done))
+  done = {label: sum(r['arm'] == label for r in rows) for label in totals}
   text = '\n'.join([
       f'# {module.TITLE}: in progress', '',
-      f'{len(done)} of {len(plan)} runs have finished. The report is written when all have; '
-      'a report.md in this directory, if any, is from an earlier study (its own method and '
-      'command say which) and is replaced then.', '',
+      f'{sum(done.values())} of {sum(totals.values())} runs have finished. The report is '
+      'written when all have; a report.md in this directory, if any, is from an earlier study '
+      '(its own method and command say which) and is replaced then.', '',
       markdown_table(['arm', 'finished runs'],
-                     [[arm, f'{k}/{n}'] for arm, (n, k) in per_arm.items()]), '',
+                     [[label, f'{done[label]}/{n}'] for label, n in totals.items()]), '',
       'Continue with the same command:', '', f'```\n{command}\n```', ''])
   with open(os.path.join(workdir, 'progress.md'), 'w') as f:
     f.write(text)
@@ -795,18 +833,30 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
     if quick:
       dataset = quick_subset(dataset)
     seeds = QUICK_SEEDS if quick else FULL_SEEDS
-    plan = make_plan(arms, base_cfg, seeds, dataset, quick)
+    tune_seeds = QUICK_TUNE_SEEDS if quick else TUNE_SEEDS
     extra = module.extra(dataset) if hasattr(module, 'extra') else None
+    group_size = len(seeds) * max(len(a.grid(base_cfg, quick)) for a in arms)
+    chosen: dict[str, float] = {}
     with workdir_lib.sweep_lock(workdir):
-      rows = train_plan(plan, dataset, workdir, getattr(module, 'KEEP_PARAMS', ()), extra,
-                        max_minutes, len(seeds) * max(len(a.grid(base_cfg, quick)) for a in arms),
-                        say)
-    if len(rows) < len(plan):
-      text = write_progress(module, workdir, plan, rows, command)
-      say(f'partial: {len(rows)} of {len(plan)} runs; run the same command again to continue '
+      while True:  # tune, then train the other seeds at the chosen rates
+        plan = make_plan(arms, base_cfg, seeds, tune_seeds, dataset, quick, chosen)
+        left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
+        rows = train_plan(plan, dataset, workdir, getattr(module, 'KEEP_PARAMS', ()), extra,
+                          left, group_size, say)
+        now = tuned_rates(arms, rows, plan, seeds[:tune_seeds])
+        if now == chosen or (max_minutes is not None and
+                             time.perf_counter() - start >= 60 * max_minutes):
+          break
+        chosen = now
+    if len(rows) < len(plan) or now != chosen:  # runs left, or rates not yet chosen
+      totals = planned_total(arms, base_cfg, seeds, tune_seeds, quick)
+      text = write_progress(module, workdir, totals, rows, command)
+      total = sum(totals.values())
+      say(f'partial: {len(rows)} of {total} runs; run the same command again to continue '
           f'(progress in {os.path.join(workdir, "progress.md")})')
-      return RunStatus(text, False, len(rows), len(plan))
-  selected = select_rates(arms, rows) if rows else {}
+      return RunStatus(text, False, len(rows), total)
+  tune_seeds_used = seeds[:tune_seeds] if module.TRAINS else None
+  selected = select_rates(arms, rows, tune_seeds_used) if rows else {}
   outcomes = compare_contrasts(contrasts_of(module, labels), selected, margin) if rows else []
   ctx = Context(quick, workdir, dataset, arms, base_cfg, rows, selected, outcomes, margin)
   sections = module.analyse(ctx)

@@ -51,8 +51,13 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
   with open(workdir / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   arms = min(len(module.arms(True)), common.QUICK_ARMS)
-  assert len(rows) == arms * len(common.QUICK_SEEDS) * common.QUICK_RATES
+  # Per arm: every rate on the tuning seed, then the chosen rate on the other seed.
+  tuning, rest = common.QUICK_TUNE_SEEDS, len(common.QUICK_SEEDS) - common.QUICK_TUNE_SEEDS
+  assert len(rows) == arms * (common.QUICK_RATES * tuning + rest)
   assert all(r['status'] == 'ok' for r in rows)
+  for arm in {r['arm'] for r in rows}:
+    rates = {r['optim.learning_rate'] for r in rows if r['arm'] == arm and r['seed'] == '1'}
+    assert len(rates) == 1 and rates < {r['optim.learning_rate'] for r in rows if r['arm'] == arm}
   assert len(os.listdir(workdir / 'runs')) == len(rows)
   assert not list(workdir.glob('runs/*/checkpoints'))  # deleted once a run is written
   assert '95% CI' in text and '+-' in text
@@ -78,7 +83,7 @@ def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
   said = []
   first = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
                      max_minutes=0, say=said.append)
-  per_group = len(common.QUICK_SEEDS) * common.QUICK_RATES
+  per_group = common.QUICK_TUNE_SEEDS * common.QUICK_RATES  # the first arm's tuning runs
   assert not first.complete and first.finished == per_group
   assert any(s.startswith(f'partial: {per_group} of {first.total} runs; run the same command '
                           'again to continue') for s in said)
@@ -93,7 +98,8 @@ def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
   second = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
                       say=said.append)
   assert second.complete and second.finished == second.total == first.total
-  assert said[0].startswith(f'{first.total} runs ({per_group - 1} already finished')
+  tuning_runs = len(module.arms(True)[:common.QUICK_ARMS]) * per_group
+  assert said[0].startswith(f'{tuning_runs} runs ({per_group - 1} already finished')
   assert kept[0].is_file()
   assert not (workdir / 'progress.md').exists() and (workdir / 'report.md').is_file()
   # Complete: a third call trains nothing and writes the same report.
@@ -126,6 +132,17 @@ def test_rates_are_selected_on_validation_and_differences_paired_by_seed():
   assert comp.verdict == stats.DIFFERENT
   assert common.plain_words(outcome, 0.005) == 'higher'
   assert '**different**' in common.reading(outcome, 0.005)
+
+
+def test_rates_are_selected_on_the_tuning_seeds_only():
+  arms = [common.Arm('a', {})]
+  # Seeds 0-1 tune; seed 2 trained at the chosen rate only, and its runs do not vote.
+  rows = _rows('a', [[.90, .90], [.80, .80]], [[.9, .9], [.8, .8]])
+  rows += _rows('a', [[0, 0, .70]], [[0, 0, .75]], rates=(1e-3,))[2:]
+  selected = common.select_rates(arms, rows, tune_seeds=(0, 1))
+  assert selected['a'].chosen == {common.LR: 1e-3}
+  assert sorted(r['seed'] for r in selected['a'].runs) == [0, 1, 2]  # reported on every seed
+  assert [len(c.runs) for c in selected['a'].candidates.values()] == [2, 2]
 
 
 def test_a_rate_that_diverged_on_one_seed_is_not_selected():
