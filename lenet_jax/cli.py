@@ -203,7 +203,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def _interrupted(signum, frame) -> None:
+def quiet_logs() -> None:
+  """JAX logs a failed TPU probe, and orbax every step of every checkpoint save,
+  at INFO; neither is news. An explicit --verbosity shows them."""
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  if not FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def interrupted(signum, frame) -> None:
   """SIGTERM (a scheduler's stop, `kill`) ends the sweep as Ctrl-C does."""
   del signum, frame
   raise KeyboardInterrupt
@@ -244,15 +252,11 @@ def main(argv) -> int:
     return 0
 
   import jax
-  # JAX logs a failed TPU probe, and orbax every step of every checkpoint save,
-  # at INFO; neither is news. --verbosity=0 shows them.
-  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
-  if not FLAGS['verbosity'].present:
-    absl_logging.set_verbosity(absl_logging.WARNING)
+  quiet_logs()
   if FLAGS.cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.cache_dir)
   print(f'{len(configs)} run(s), JAX backend {jax.default_backend()}', flush=True)
-  previous = signal.signal(signal.SIGTERM, _interrupted)
+  previous = signal.signal(signal.SIGTERM, interrupted)
   try:
     rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=FLAGS.max_models,
                                progress=lambda line: print(line, flush=True),

@@ -9,8 +9,10 @@ import csv
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -189,3 +191,22 @@ def test_a_headline_check_of_an_experiment_without_headlines_is_refused(tmp_path
   module = importlib.import_module('experiments.shapes')
   with pytest.raises(ValueError, match='declares no HEADLINE'):
     common.run(module, str(tmp_path), quick=True, epochs=30, check=True)
+
+
+def test_the_command_line_is_quiet_and_stops_cleanly_on_sigterm(tmp_path):
+  """No orbax INFO pages; SIGTERM (a scheduler's stop) ends it as Ctrl-C does: one line, 130."""
+  workdir = tmp_path / 'w'
+  proc = subprocess.Popen([sys.executable, '-u', '-m', 'experiments', 'learned_kernels',
+                           '--quick', f'--workdir={workdir}'], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.monotonic() + 120
+  while not list(workdir.glob('runs/*/checkpoints/*')):  # an epoch has been checkpointed
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert 'runs (0 already finished' in out
+  assert 'Traceback' not in err and 'checkpoint_manager' not in err, err
+  assert err.strip().splitlines()[-1].startswith(f'interrupted; every finished run and epoch '
+                                                 f'checkpoint is in {workdir}')
