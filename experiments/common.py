@@ -286,7 +286,8 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
                keep_params: Sequence[int] = (),
                extra: Callable[[loop.RunResult], dict[str, float]] | None = None,
                max_minutes: float | None = None, group_size: int = len(FULL_SEEDS) * 3,
-               say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+               say: Callable[[str], None] = print,
+               total: int | None = None) -> list[dict[str, Any]]:
   """Trains the runs of `plan` that have not finished; returns the rows of those that have.
 
   Groups (one architecture and recipe, up to `group_size` runs: an arm's
@@ -297,7 +298,8 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
   Final parameters are kept for the seeds in `keep_params` only (a run's are
   about 250 kB; the analyses that need them plot one seed).
   With `max_minutes`, training stops after the group in progress once that many
-  minutes have passed.
+  minutes have passed. `total`: how many runs the experiment has in all (the
+  plan may be only its tuning runs), for the time estimate.
   """
   start = time.monotonic()
   rows = {}
@@ -337,14 +339,15 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
     trained_epochs += len(members) * epochs
     trained_seconds += time.monotonic() - group_start
     per_epoch = trained_seconds / trained_epochs
-    left = sum(1 for run in plan if run.run_id not in rows)
+    everything = max(total or 0, len(plan))
+    left = everything - len(rows)
     arm = arm_of[sweep_lib.run_id(members[0])]
     say(f'[{g}/{len(batches)}] {arm}: {len(members)} runs in '
-        f'{time.monotonic() - group_start:.0f}s; {len(rows)} of {len(plan)} done')
+        f'{time.monotonic() - group_start:.0f}s; {len(rows)} of {everything} done')
     if g == 1:
-      say(f'estimate: the whole experiment is {len(plan)} runs x {epochs} epochs x '
+      say(f'estimate: the whole experiment is {everything} runs x {epochs} epochs x '
           f'{per_epoch:.2f} s per run-epoch (measured on {arm}; arms differ) = '
-          f'{_hours(len(plan) * epochs * per_epoch)} on this machine')
+          f'{_hours(everything * epochs * per_epoch)} on this machine')
     say(f'about {_hours(left * epochs * per_epoch)} of training left')
     if max_minutes is not None and time.monotonic() - start >= 60 * max_minutes:
       break
@@ -837,21 +840,21 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
     extra = module.extra(dataset) if hasattr(module, 'extra') else None
     group_size = len(seeds) * max(len(a.grid(base_cfg, quick)) for a in arms)
     chosen: dict[str, float] = {}
+    total = sum(planned_total(arms, base_cfg, seeds, tune_seeds, quick).values())
     with workdir_lib.sweep_lock(workdir):
       while True:  # tune, then train the other seeds at the chosen rates
         plan = make_plan(arms, base_cfg, seeds, tune_seeds, dataset, quick, chosen)
         left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
         rows = train_plan(plan, dataset, workdir, getattr(module, 'KEEP_PARAMS', ()), extra,
-                          left, group_size, say)
+                          left, group_size, say, total)
         now = tuned_rates(arms, rows, plan, seeds[:tune_seeds])
         if now == chosen or (max_minutes is not None and
                              time.perf_counter() - start >= 60 * max_minutes):
           break
         chosen = now
     if len(rows) < len(plan) or now != chosen:  # runs left, or rates not yet chosen
-      totals = planned_total(arms, base_cfg, seeds, tune_seeds, quick)
-      text = write_progress(module, workdir, totals, rows, command)
-      total = sum(totals.values())
+      text = write_progress(module, workdir, planned_total(arms, base_cfg, seeds, tune_seeds,
+                                                           quick), rows, command)
       say(f'partial: {len(rows)} of {total} runs; run the same command again to continue '
           f'(progress in {os.path.join(workdir, "progress.md")})')
       return RunStatus(text, False, len(rows), total)

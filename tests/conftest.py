@@ -1,12 +1,28 @@
-"""Shared fixtures: small IDX datasets written by the tests themselves."""
+"""Shared fixtures: small IDX datasets written by the tests themselves.
+
+The whole session, this process and every CLI process the tests start, shares
+one persistent XLA compilation cache in a temporary directory: the tests
+compile the same tiny programs again and again (about 3 of a CLI test's 9
+seconds), and a program from the cache is the program the compiler would
+build. The user's own cache is never touched.
+"""
+import atexit
 import gzip
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if 'LENET_JAX_TESTS_XLA_CACHE' not in os.environ:  # set by pytest, inherited by its children
+  if 'jax' in sys.modules:  # JAX reads JAX_COMPILATION_CACHE_DIR when it is imported
+    raise RuntimeError('tests/conftest.py must be loaded before jax is imported.')
+  _XLA_CACHE = tempfile.mkdtemp(prefix='lenet_jax_tests_xla_')
+  os.environ['LENET_JAX_TESTS_XLA_CACHE'] = os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
+  atexit.register(shutil.rmtree, _XLA_CACHE, True)
 
 
 def write_idx(path, array, compress=True):
