@@ -16,7 +16,11 @@ rate is tuned first: every rate of its grid on the tuning seeds (the first
 `TUNE_SEEDS` of `FULL_SEEDS`), the rate with the best mean validation
 accuracy chosen (never on test); then the other seeds train at the chosen
 rate only, and the arm is reported on all of `FULL_SEEDS` at that rate. (A full
-grid on every seed would cost twice as much and change only the choice's noise.) Each comparison pairs runs of the same seed (same data
+grid on every seed would cost twice as much and change only the choice's noise.)
+A rate chosen at the edge of the grid extends it: the next rate beyond that
+edge (at the grid's own spacing) trains on the tuning seeds and the choice is
+made again, up to `MAX_EXTENSIONS` times per side, so the chosen rate is an
+interior optimum unless the report flags it. Each comparison pairs runs of the same seed (same data
 order and, where shapes match, the same initialisation): a paired t test on
 the per-seed differences, Holm across the experiment's comparisons, and TOST
 against the margin; `lenet_jax.stats.compare` has the rules.
@@ -65,6 +69,7 @@ QUICK_EPOCHS = 1
 QUICK_TRAIN_EXAMPLES = 2048
 QUICK_ARMS = 3
 QUICK_RATES = 2  # the first rates of each grid
+MAX_EXTENSIONS = 2  # per side of a grid, in full mode (quick mode never extends)
 RATE_FACTORS = (0.5, 1.0, 2.0)  # an arm's default grid: its recipe's rate times these
 MARGIN = 0.005  # default equivalence margin: half a point of accuracy
 ALPHA = 0.05  # family-wise error rate of each experiment's comparisons
@@ -92,6 +97,46 @@ class Arm:
                        'distinct learning rates.')
     grid = tuple(sorted(grid))
     return grid[:QUICK_RATES] if quick else grid
+
+
+def _rate(x: float) -> float:
+  return float(f'{x:.6g}')
+
+
+def tuning_grids(arms: Sequence[Arm], base_cfg: Config, quick: bool,
+                 rows: Sequence[dict[str, Any]], tune_seeds: Sequence[int]
+                 ) -> tuple[dict[str, tuple[float, ...]], dict[str, float]]:
+  """Per arm, the rates its tuning seeds train (its grid, extended past an edge
+  that won) and, once every one of those runs has finished, the chosen rate.
+
+  The choice is `select_rates`' (best mean validation accuracy over the tuning
+  seeds, among rates that finished on all of them). A choice at the highest
+  rate adds highest * (highest / second highest); at the lowest, lowest *
+  (lowest / second lowest); at most `MAX_EXTENSIONS` times per side (none in
+  quick mode). An arm whose rates diverged on every seed has no chosen rate.
+  """
+  done = {(r['arm'], r[LR], r['seed']): r for r in rows if r['seed'] in tune_seeds}
+  grids, chosen = {}, {}
+  limit = 0 if quick else MAX_EXTENSIONS
+  for arm in arms:
+    grid, up, down = arm.grid(base_cfg, quick), 0, 0
+    while True:
+      runs = [done.get((arm.label, rate, seed)) for rate in grid for seed in tune_seeds]
+      if any(r is None for r in runs):
+        break  # tuning runs left to train
+      pick = select_rates([arm], runs, tune_seeds)[arm.label].chosen
+      if pick is None:
+        break
+      rate = pick[LR]
+      if rate == grid[-1] and up < limit:
+        grid, up = grid + (_rate(grid[-1] * grid[-1] / grid[-2]),), up + 1
+      elif rate == grid[0] and down < limit:
+        grid, down = (_rate(grid[0] * grid[0] / grid[1]),) + grid, down + 1
+      else:
+        chosen[arm.label] = rate
+        break
+    grids[arm.label] = grid
+  return grids, chosen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,18 +259,21 @@ class Planned:
 
 def make_plan(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
               tune_seeds: int, dataset: data_lib.Dataset, quick: bool,
+              grids: dict[str, tuple[float, ...]] | None = None,
               chosen: dict[str, float] | None = None) -> list[Planned]:
   """The runs known so far, in arm order; each config checked before anything trains.
 
-  Per arm: every rate of its grid on the first `tune_seeds` seeds, and, once
-  `chosen` names its rate, that rate on the other seeds.
+  Per arm: every rate of its grid (`grids`, default the arm's own) on the
+  first `tune_seeds` seeds, and, once `chosen` names its rate, that rate on the
+  other seeds.
   """
-  chosen = chosen or {}
+  chosen, grids = chosen or {}, grids or {}
   plan, owner = [], {}
   for arm in arms:
     cfg = loop.with_input_shape(arm.config(base_cfg), dataset)
     validation.check_config(cfg)
-    runs = [(rate, seed) for rate in arm.grid(base_cfg, quick) for seed in seeds[:tune_seeds]]
+    grid = grids.get(arm.label) or arm.grid(base_cfg, quick)
+    runs = [(rate, seed) for rate in grid for seed in seeds[:tune_seeds]]
     if arm.label in chosen:
       runs += [(chosen[arm.label], seed) for seed in seeds[tune_seeds:]]
     for rate, seed in runs:
@@ -239,10 +287,13 @@ def make_plan(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
 
 
 def planned_total(arms: Sequence[Arm], base_cfg: Config, seeds: Sequence[int],
-                  tune_seeds: int, quick: bool) -> dict[str, int]:
-  """Arm label -> how many runs it trains in all (its grid on the tuning seeds, then the rest)."""
-  return {arm.label: len(arm.grid(base_cfg, quick)) * tune_seeds + len(seeds) - tune_seeds
-          for arm in arms}
+                  tune_seeds: int, quick: bool,
+                  grids: dict[str, tuple[float, ...]] | None = None) -> dict[str, int]:
+  """Arm label -> how many runs it trains in all (its grid, as extended so far, on
+  the tuning seeds, then the other seeds)."""
+  grids = grids or {}
+  return {arm.label: len(grids.get(arm.label) or arm.grid(base_cfg, quick)) * tune_seeds
+          + len(seeds) - tune_seeds for arm in arms}
 
 
 def _finished(workdir: str, run: Planned, fingerprint: str, keep_params: Sequence[int],
@@ -387,17 +438,6 @@ def select_rates(arms: Sequence[Arm], rows: Sequence[dict[str, Any]],
   return selected
 
 
-def tuned_rates(arms: Sequence[Arm], rows: Sequence[dict[str, Any]], plan: Sequence[Planned],
-                tune_seeds: Sequence[int]) -> dict[str, float]:
-  """Arm label -> its chosen rate, for the arms whose tuning runs have all finished."""
-  done = {r['run_id'] for r in rows}
-  complete = [a for a in arms if all(p.run_id in done for p in plan if p.arm == a.label
-                                     and p.config.seed in tune_seeds)]
-  selected = select_rates(complete, [r for r in rows if r['arm'] in
-                                     {a.label for a in complete}], tune_seeds)
-  return {label: g.chosen[LR] for label, g in selected.items() if g.chosen}
-
-
 def _metric_group(group: Named, metric: str, name: str) -> Named:
   """The group's runs with `metric` copied to the key 'value' (to pair two metrics)."""
   runs = [{**r, 'value': r.get(metric)} for r in group.runs]
@@ -534,8 +574,10 @@ def protocol(margin: float = MARGIN) -> str:
           'every rate of its grid (by default its recipe\'s rate x '
           f'{", ".join(f"{f:g}" for f in RATE_FACTORS)}; e.g. 1e-3, 2e-3, 4e-3 for Adam at '
           '2e-3); the rate with the best mean validation accuracy over those seeds is chosen '
-          '(the test set plays no part in the choice, and a rate at the edge of its grid is '
-          f'flagged), the other {len(FULL_SEEDS) - TUNE_SEEDS} seeds train at that rate only, '
+          '(the test set plays no part in the choice). A choice at the edge of the grid '
+          'extends it by the next rate beyond that edge, at the grid\'s spacing, and chooses '
+          f'again, up to {MAX_EXTENSIONS} times per side; a choice still at an edge is flagged. '
+          f'The other {len(FULL_SEEDS) - TUNE_SEEDS} seeds train at the chosen rate only, '
           f'and the arm is reported on all {len(FULL_SEEDS)} seeds at it. Comparisons are paired by seed (the '
           'same seed gives the same data order and, where shapes match, the same '
           'initialisation): a paired t test on the per-seed differences at each arm\'s '
@@ -839,22 +881,24 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
     tune_seeds = QUICK_TUNE_SEEDS if quick else TUNE_SEEDS
     extra = module.extra(dataset) if hasattr(module, 'extra') else None
     group_size = len(seeds) * max(len(a.grid(base_cfg, quick)) for a in arms)
+    grids = {a.label: a.grid(base_cfg, quick) for a in arms}
     chosen: dict[str, float] = {}
     total = sum(planned_total(arms, base_cfg, seeds, tune_seeds, quick).values())
     with workdir_lib.sweep_lock(workdir):
-      while True:  # tune, then train the other seeds at the chosen rates
-        plan = make_plan(arms, base_cfg, seeds, tune_seeds, dataset, quick, chosen)
+      while True:  # tune (extending grids past winning edges), then the other seeds
+        plan = make_plan(arms, base_cfg, seeds, tune_seeds, dataset, quick, grids, chosen)
         left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
         rows = train_plan(plan, dataset, workdir, getattr(module, 'KEEP_PARAMS', ()), extra,
                           left, group_size, say, total)
-        now = tuned_rates(arms, rows, plan, seeds[:tune_seeds])
-        if now == chosen or (max_minutes is not None and
-                             time.perf_counter() - start >= 60 * max_minutes):
+        state = tuning_grids(arms, base_cfg, quick, rows, seeds[:tune_seeds])
+        if state == (grids, chosen) or (max_minutes is not None and
+                                        time.perf_counter() - start >= 60 * max_minutes):
           break
-        chosen = now
-    if len(rows) < len(plan) or now != chosen:  # runs left, or rates not yet chosen
-      text = write_progress(module, workdir, planned_total(arms, base_cfg, seeds, tune_seeds,
-                                                           quick), rows, command)
+        grids, chosen = state
+    if len(rows) < len(plan) or state != (grids, chosen):  # runs left, or tuning not done
+      totals = planned_total(arms, base_cfg, seeds, tune_seeds, quick, state[0])
+      text = write_progress(module, workdir, totals, rows, command)
+      total = sum(totals.values())
       say(f'partial: {len(rows)} of {total} runs; run the same command again to continue '
           f'(progress in {os.path.join(workdir, "progress.md")})')
       return RunStatus(text, False, len(rows), total)

@@ -147,6 +147,38 @@ def test_rates_are_selected_on_the_tuning_seeds_only():
   assert [len(c.runs) for c in selected['a'].candidates.values()] == [2, 2]
 
 
+def _tuning_rows(val_by_rate, seeds=(0, 1, 2)):
+  return [{'run_id': f'a-{rate}-{seed}', 'arm': 'a', 'seed': seed, 'status': 'ok',
+           common.LR: rate, 'val_acc': val, 'test_acc': val}
+          for rate, val in val_by_rate.items() for seed in seeds]
+
+
+def test_a_rate_chosen_at_the_edge_of_its_grid_extends_the_grid():
+  base, arms, seeds = common.base(quick=False), [common.Arm('a', {})], (0, 1, 2)
+  grids = lambda vals, quick=False: common.tuning_grids(arms, base, quick, _tuning_rows(vals),
+                                                        seeds)
+  # The highest rate wins: the next one up trains on the tuning seeds before any choice.
+  assert grids({1e-3: .80, 2e-3: .81, 4e-3: .82}) == ({'a': (1e-3, 2e-3, 4e-3, 8e-3)}, {})
+  # ... and loses: the choice is interior.
+  assert grids({1e-3: .80, 2e-3: .81, 4e-3: .82, 8e-3: .79}) == (
+      {'a': (1e-3, 2e-3, 4e-3, 8e-3)}, {'a': 4e-3})
+  # The lowest wins: the grid grows downwards, at its own spacing.
+  assert grids({1e-3: .85, 2e-3: .81, 4e-3: .80})[0] == {'a': (5e-4, 1e-3, 2e-3, 4e-3)}
+  # At most MAX_EXTENSIONS per side; then the edge is chosen (and the report flags it).
+  rising = {1e-3: .80, 2e-3: .81, 4e-3: .82, 8e-3: .83, 1.6e-2: .84}
+  assert common.MAX_EXTENSIONS == 2
+  assert grids(rising) == ({'a': (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)}, {'a': 1.6e-2})
+  # A tuning run missing: no choice yet. Quick mode never extends.
+  incomplete = _tuning_rows({1e-3: .80, 2e-3: .81, 4e-3: .82})[:-1]
+  assert common.tuning_grids(arms, base, False, incomplete, seeds) == (
+      {'a': (1e-3, 2e-3, 4e-3)}, {})
+  assert grids({1e-3: .80, 2e-3: .81}, quick=True) == ({'a': (1e-3, 2e-3)}, {'a': 2e-3})
+  # A custom grid extends at its own spacing (x3 here).
+  sgd = [common.Arm('a', {'optim.optimizer': 'sgd'}, rates=(0.3, 0.9, 2.7))]
+  assert common.tuning_grids(sgd, base, False, _tuning_rows({0.3: .8, 0.9: .8, 2.7: .9}),
+                             seeds)[0] == {'a': (0.3, 0.9, 2.7, 8.1)}
+
+
 def test_a_rate_that_diverged_on_one_seed_is_not_selected():
   arms = [common.Arm('a', {})]
   rows = _rows('a', [[.80, .80], [.99, .99]], [[.8, .8], [.9, .9]])
