@@ -79,7 +79,7 @@ def _run(*args, env=None):
                         env={**os.environ, 'PYTHONPATH': ROOT, **(env or {})})
 
 
-@pytest.mark.parametrize('args, message', [
+BAD_INPUTS = [
     (['--channels=6,16,32'], "padding=(2, 'valid') has 2 entries but channels=(6, 16, 32)"),
     (['--kernel_size=11', '--padding=valid'], 'output size 9 + 0 - 11 + 1 = -1'),
     (['--learning_rate=0'], 'optim.learning_rate=0.0 must be > 0'),
@@ -112,8 +112,46 @@ def _run(*args, env=None):
     # absl's own parse errors: one line, status 2 (absl alone exits 1 with its usage).
     (['--seeds=x'], "error: flag --seeds=x: invalid literal for int() with base 10: 'x'"),
     (['--no_such_flag=1'], "error: Unknown command line flag 'no_such_flag'"),
-])
-def test_the_command_line_rejects_bad_input_before_training(args, message):
+]
+
+# run.py's own steps (absl's parse, then cli.main) for each argument list, in
+# one process: a process per case would spend the test's time importing JAX.
+_CATALOGUE = '''
+import contextlib, io, json, sys, traceback
+from absl import flags
+from lenet_jax import cli
+cli.define_flags()
+results = []
+for args in json.loads(sys.argv[1]):
+  flags.FLAGS.unparse_flags()
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+      status = cli.main(cli.parse_flags(['run.py', '--describe', *args]))
+    except SystemExit as e:
+      status = e.code
+    except BaseException:  # what a user would see as a traceback
+      traceback.print_exc()
+      status = 'raised'
+  results.append([status, err.getvalue()])
+print(json.dumps(results))
+'''
+
+
+def test_the_command_line_rejects_bad_input_before_training():
+  proc = subprocess.run([sys.executable, '-c', _CATALOGUE, json.dumps([a for a, _ in BAD_INPUTS])],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600,
+                        env={**os.environ, 'PYTHONPATH': ROOT})
+  assert proc.returncode == 0, proc.stderr
+  for (args, message), (status, stderr) in zip(BAD_INPUTS, json.loads(proc.stdout)):
+    assert status == 2, (args, stderr)
+    assert message in stderr, (args, stderr)
+    assert 'Traceback' not in stderr and len(stderr.strip().splitlines()) == 1, (args, stderr)
+
+
+@pytest.mark.parametrize('args, message', [BAD_INPUTS[2], BAD_INPUTS[-2]])
+def test_run_py_exits_2_with_one_line(args, message):
+  """The catalogue's steps are run.py's: two cases through run.py itself."""
   proc = _run('--describe', *args)
   assert proc.returncode == 2, proc.stderr
   assert message in proc.stderr
