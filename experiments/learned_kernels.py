@@ -70,18 +70,20 @@ def _plots(ctx, res):
   before = np.asarray(initial_params(res.config)['block1_conv1']['kernel'])[:, :, 0, :]
   after = np.asarray(res.params['block1_conv1']['kernel'])[:, :, 0, :]
   channels = after.shape[-1]
-  fig, axes = plt.subplots(2, channels, figsize=(1.4 * channels, 3.2))
+  # One colour scale for all 12 kernels, so how far training moved them reads
+  # off the colours; the bar gives the weights' values.
+  limit = float(max(np.abs(before).max(), np.abs(after).max()))
+  fig, axes = plt.subplots(2, channels, figsize=(1.4 * channels + 1.2, 3.2))
   for row, (title, kernels) in enumerate((('init', before), ('trained', after))):
     for c in range(channels):
       ax = axes[row, c]
-      limit = np.abs(kernels[:, :, c]).max()
-      ax.imshow(kernels[:, :, c], cmap='RdBu_r', vmin=-limit, vmax=limit)
+      image = ax.imshow(kernels[:, :, c], cmap='RdBu_r', vmin=-limit, vmax=limit)
       ax.set_xticks([])
       ax.set_yticks([])
       ax.set_title(f'{title} {c}', fontsize=7)
-  fig.tight_layout()
+  fig.colorbar(image, ax=axes, shrink=0.9, label='weight')
   kernels_png = os.path.join(ctx.workdir, 'conv1_kernels.png')
-  fig.savefig(kernels_png, dpi=120)
+  fig.savefig(kernels_png, dpi=120, bbox_inches='tight')
   plt.close(fig)
 
   images = ctx.dataset.test_images[:3].astype(np.float32) / 255
@@ -90,19 +92,21 @@ def _plots(ctx, res):
   maps = np.asarray(jax.lax.conv_general_dilated(
       images, res.params['block1_conv1']['kernel'], (1, 1), (pads, pads),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + res.params['block1_conv1']['bias'])
-  fig, axes = plt.subplots(len(images), channels + 1, figsize=(1.4 * (channels + 1), 4.4))
+  fig, axes = plt.subplots(len(images), channels + 1,
+                           figsize=(1.4 * (channels + 1) + 1.2, 4.4))
+  low, high = float(maps.min()), float(maps.max())  # one scale for every map
   for i in range(len(images)):
-    axes[i, 0].imshow(images[i, :, :, 0], cmap='gray')
+    axes[i, 0].imshow(images[i, :, :, 0], cmap='gray', vmin=0, vmax=1)
     axes[i, 0].set_title('image', fontsize=7)
     for c in range(channels):
-      axes[i, c + 1].imshow(maps[i, :, :, c], cmap='viridis')
+      image = axes[i, c + 1].imshow(maps[i, :, :, c], cmap='viridis', vmin=low, vmax=high)
       axes[i, c + 1].set_title(f'conv1 ch {c}', fontsize=7)
     for ax in axes[i]:
       ax.set_xticks([])
       ax.set_yticks([])
-  fig.tight_layout()
+  fig.colorbar(image, ax=axes[:, 1:], shrink=0.9, label='conv1 output (before the activation)')
   maps_png = os.path.join(ctx.workdir, 'conv1_feature_maps.png')
-  fig.savefig(maps_png, dpi=120)
+  fig.savefig(maps_png, dpi=120, bbox_inches='tight')
   plt.close(fig)
   return os.path.basename(kernels_png), os.path.basename(maps_png)
 
