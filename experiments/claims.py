@@ -1,7 +1,9 @@
 """The note's checkable claims: sum vs mean in the convolution, ReLU vs sigmoid vs a
 real normalisation (batch norm), and max vs average vs no pooling under small shifts.
 
-Full mode: 14 arms x 3 rates x 10 seeds x 15 epochs = 420 runs (the README
+Full mode: 14 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
+= 224 runs, 3 more per grid extended
+(the README
 gives the study's wall time; the no-pooling arm is the slow one); resumable,
 e.g. in pieces of 50 minutes:
   python -m experiments claims --max_minutes=50

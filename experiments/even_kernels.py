@@ -5,7 +5,9 @@ The m = 2d + 1 arithmetic as a table; then kernels 2, 3, 4, 5 trained with
 even kernels) and the shift this introduces: analytically (where each
 output's window is centred) and empirically (test accuracy with the test
 images moved one pixel in each direction).
-Full mode: 4 arms x 3 rates x 10 seeds x 15 epochs = 120 runs (the README
+Full mode: 4 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
+= 64 runs, 3 more per grid extended
+(the README
 gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments even_kernels --max_minutes=50
 """

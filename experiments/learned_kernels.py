@@ -4,7 +4,9 @@ The first layer's kernels at initialisation and after training, as images; the
 feature maps of a few test images; how far training moves the kernels; and
 what learning them is worth: the same network with the first conv layer (or
 both conv layers) frozen at its random initialisation.
-Full mode: 3 arms x 3 rates x 10 seeds x 15 epochs = 90 runs (see the README
+Full mode: 3 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
+= 48 runs, 3 more per grid extended
+(see the README
 for the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments learned_kernels --max_minutes=50
 """

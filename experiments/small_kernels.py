@@ -4,7 +4,9 @@ The note's argument: for the same receptive field, smaller stacked kernels need
 fewer parameters and less compute; 1x1 does not grow the receptive field.
 Every arm keeps the note's map sizes (28 -> 28 -> 14 -> 10 -> 5) except 1x1,
 which cannot shrink 14 to 10 without padding tricks and keeps 14 -> 7.
-Full mode: 7 arms x 3 rates x 10 seeds x 15 epochs = 210 runs (the README
+Full mode: 7 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
+= 112 runs, 3 more per grid extended
+(the README
 gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments small_kernels --max_minutes=50
 """
