@@ -781,8 +781,17 @@ def method_text(module, ctx: Context) -> str:
   return ' '.join(parts)
 
 
+def stray_runs(workdir: str, plan: Sequence[Planned]) -> list[str]:
+  """Run directories in `workdir` that the plan does not contain: e.g. the other
+  seeds of a rate that a later grid extension replaced. Never read, never deleted."""
+  directory = os.path.join(workdir, 'runs')
+  planned = {p.run_id for p in plan}
+  return sorted(d for d in (os.listdir(directory) if os.path.isdir(directory) else [])
+                if d not in planned and '.' not in d)  # '.unreadable-*' are named elsewhere
+
+
 def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], command: str,
-                 seconds: float, check: bool = False) -> str:
+                 seconds: float, check: bool = False, strays: Sequence[str] = ()) -> str:
   lines = [f'# {module.TITLE}', '', f'**Question.** {module.QUESTION}', '']
   if ctx.quick:
     lines += [f'> QUICK MODE: {QUICK_EPOCHS} epoch on at most {QUICK_TRAIN_EXAMPLES:,} '
@@ -810,6 +819,10 @@ def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], comm
             f'This invocation took {seconds / 60:.1f} minutes on {os.cpu_count()} CPU core(s).' +
             (' Per-run configs and metrics are under `runs/`, one row per run in '
              '`results.csv`.' if ctx.rows else ''), '']
+  if strays:
+    lines += [f'Not part of this experiment, and not read: {len(strays)} run(s) under `runs/` '
+              'outside its plan (for example the other seeds of a rate that a later grid '
+              'extension replaced): ' + ', '.join(strays) + '.', '']
   text = '\n'.join(lines)
   with open(os.path.join(ctx.workdir, 'report.md'), 'w') as f:
     f.write(text)
@@ -907,7 +920,8 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
   outcomes = compare_contrasts(contrasts_of(module, labels), selected, margin) if rows else []
   ctx = Context(quick, workdir, dataset, arms, base_cfg, rows, selected, outcomes, margin)
   sections = module.analyse(ctx)
-  text = write_report(ctx, module, sections, command, time.perf_counter() - start, check)
+  text = write_report(ctx, module, sections, command, time.perf_counter() - start, check,
+                      stray_runs(workdir, plan))
   progress = os.path.join(workdir, 'progress.md')
   if os.path.exists(progress):
     os.remove(progress)

@@ -9,6 +9,7 @@ import csv
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +110,14 @@ def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
                      say=said.append)
   strip = lambda t: [l for l in t.splitlines() if not l.startswith('This invocation took')]
   assert strip(third.text) == strip(second.text)
+  assert 'Not part of this experiment' not in third.text
+  # A run directory outside the plan is named in the report, and left alone.
+  shutil.copytree(kept[0].parent, workdir / 'runs' / 'c0ffee000000')
+  fourth = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
+                      say=said.append)
+  assert ('Not part of this experiment, and not read: 1 run(s) under `runs/` outside its plan'
+          in fourth.text and 'c0ffee000000.' in fourth.text)
+  assert strip(fourth.text)[:-2] == strip(third.text)
 
 
 def _rows(arm, val, test, rates=(1e-3, 2e-3)):
