@@ -20,8 +20,10 @@ grid on every seed would cost twice as much and change only the choice's noise.)
 A rate chosen at the edge of the grid extends it: the next rate beyond that
 edge (at the grid's own spacing) trains on the tuning seeds and the choice is
 made again, up to `MAX_EXTENSIONS` times per side, so the chosen rate is an
-interior optimum unless the report flags it. Each comparison pairs runs of the same seed (same data
-order and, where shapes match, the same initialisation): a paired t test on
+interior optimum unless the report flags it.
+
+Each comparison pairs runs of the same seed (same data order and, where
+shapes match, the same initialisation): a paired t test on
 the per-seed differences, Holm across the experiment's comparisons, and TOST
 against the margin; `lenet_jax.stats.compare` has the rules.
 
