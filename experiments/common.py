@@ -729,6 +729,17 @@ def check_workdirs(workdir: str, name: str, quick: bool) -> dict[str, str]:
           CHECK_DATASET: os.path.join(parent, f'{name}-{CHECK_DATASET}{suffix}')}
 
 
+def holds(here: stats.Comparison | None, there: dict[str, Any]) -> str:
+  """Whether a check's verdict (from its verdicts.json) is the main one: the same
+  verdict and, for a difference, the same sign."""
+  if here is None or there['verdict'] != here.verdict:
+    return 'does not hold'
+  if here.verdict.startswith(stats.DIFFERENT) and (
+      (there['estimate'] > 0) != (here.test.estimate > 0)):
+    return 'does not hold (opposite sign)'
+  return 'holds'
+
+
 def headline_section(module, ctx: Context) -> str | None:
   headline = [o for o in ctx.outcomes if o.contrast.arm in getattr(module, 'HEADLINE', ())
               and o.contrast.metric == 'test_acc']
@@ -753,8 +764,8 @@ def headline_section(module, ctx: Context) -> str | None:
       elif there is None:
         cells.append('not compared there')
       else:
-        same = 'holds' if there['verdict'] == here else 'does not hold'
-        cells.append(f"{same}: {there['verdict']} ({points(there['estimate'])} points)")
+        cells.append(f"{holds(o.comparison, there)}: {there['verdict']} "
+                     f"({points(there['estimate'])} points)")
     rows.append([o.contrast.label, here, *cells])
   commands = '\n'.join(
       f'python -m experiments {module.NAME} '

@@ -188,6 +188,20 @@ def test_a_rate_chosen_at_the_edge_of_its_grid_extends_the_grid():
                              seeds)[0] == {'a': (0.3, 0.9, 2.7, 8.1)}
 
 
+def test_a_headline_check_holds_only_with_the_same_verdict_and_sign():
+  arms = [common.Arm('ref', {}), common.Arm('other', {})]
+  rows = (_rows('ref', [[.80, .81, .82], [.90, .91, .92]], [[.80, .81, .82], [.90, .91, .92]]) +
+          _rows('other', [[.95, .95, .95], [.50, .50, .50]], [[.91, .92, .93], [.99, .99, .99]]))
+  [outcome] = common.compare_contrasts([common.Contrast('other', 'ref')],
+                                       common.select_rates(arms, rows), 0.005)
+  here = outcome.comparison  # "different", +0.01
+  assert common.holds(here, {'verdict': stats.DIFFERENT, 'estimate': 0.02}) == 'holds'
+  assert common.holds(here, {'verdict': stats.DIFFERENT, 'estimate': -0.02}) == (
+      'does not hold (opposite sign)')
+  assert common.holds(here, {'verdict': stats.INCONCLUSIVE, 'estimate': 0.01}) == 'does not hold'
+  assert common.holds(None, {'verdict': stats.DIFFERENT, 'estimate': 0.01}) == 'does not hold'
+
+
 def test_a_rate_that_diverged_on_one_seed_is_not_selected():
   arms = [common.Arm('a', {})]
   rows = _rows('a', [[.80, .80], [.99, .99]], [[.8, .8], [.9, .9]])
