@@ -8,7 +8,6 @@
 """
 import importlib
 import os
-import signal
 import sys
 
 from absl import app
@@ -62,24 +61,16 @@ def main(argv):
     overrides['data.idx_dir'] = FLAGS.idx_dir
   command = 'python -m experiments ' + ' '.join(sys.argv[1:])
   cli.quiet_logs()
-  previous = signal.signal(signal.SIGTERM, cli.interrupted)  # a scheduler's stop = Ctrl-C
   try:
-    status = common.run(module, workdir, FLAGS.quick, overrides, command, epochs=FLAGS.epochs,
-                        check=bool(FLAGS.epochs or FLAGS.dataset),
-                        max_minutes=FLAGS.max_minutes)
+    with cli.sigterm_as_ctrl_c():  # a scheduler's stop = Ctrl-C
+      status = common.run(module, workdir, FLAGS.quick, overrides, command, epochs=FLAGS.epochs,
+                          check=bool(FLAGS.epochs or FLAGS.dataset),
+                          max_minutes=FLAGS.max_minutes)
   except (ValueError, workdir_lib.Locked) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  except workdir_lib.DiskFull as e:
-    print(f'error: {e.strerror}. Every run that finished is kept in {workdir}; free some '
-          'space there and run the same command again to resume.', file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print(f'\ninterrupted; every finished run and epoch checkpoint is in {workdir}: run the '
-          'same command again to resume.', file=sys.stderr)
-    return 130
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+  except (workdir_lib.DiskFull, KeyboardInterrupt) as e:
+    return cli.stopped(e, workdir)
   if status.complete:
     print(f'report: {os.path.join(workdir, "report.md")}')
   return 0

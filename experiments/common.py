@@ -898,25 +898,26 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
   labels = [a.label for a in arms]
   command = command or (f'python -m experiments {module.NAME}' + (' --quick' if quick else ''))
   margin = getattr(module, 'MARGIN', MARGIN)
-  dataset, rows, plan = None, [], []
+  dataset, rows, plan, tuning = None, [], [], None
   if module.TRAINS:
     dataset = data_lib.load(base_cfg.data)
     if quick:
       dataset = quick_subset(dataset)
     seeds = QUICK_SEEDS if quick else FULL_SEEDS
     tune_seeds = QUICK_TUNE_SEEDS if quick else TUNE_SEEDS
+    tuning = seeds[:tune_seeds]
     extra = module.extra(dataset) if hasattr(module, 'extra') else None
-    group_size = len(seeds) * max(len(a.grid(base_cfg, quick)) for a in arms)
     grids = {a.label: a.grid(base_cfg, quick) for a in arms}
+    group_size = len(seeds) * max(len(g) for g in grids.values())
     chosen: dict[str, float] = {}
-    total = sum(planned_total(arms, base_cfg, seeds, tune_seeds, quick).values())
     with workdir_lib.sweep_lock(workdir):
       while True:  # tune (extending grids past winning edges), then the other seeds
         plan = make_plan(arms, base_cfg, seeds, tune_seeds, dataset, quick, grids, chosen)
+        total = sum(planned_total(arms, base_cfg, seeds, tune_seeds, quick, grids).values())
         left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
         rows = train_plan(plan, dataset, workdir, getattr(module, 'KEEP_PARAMS', ()), extra,
                           left, group_size, say, total)
-        state = tuning_grids(arms, base_cfg, quick, rows, seeds[:tune_seeds])
+        state = tuning_grids(arms, base_cfg, quick, rows, tuning)
         if state == (grids, chosen) or (max_minutes is not None and
                                         time.perf_counter() - start >= 60 * max_minutes):
           break
@@ -924,12 +925,10 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
     if len(rows) < len(plan) or state != (grids, chosen):  # runs left, or tuning not done
       totals = planned_total(arms, base_cfg, seeds, tune_seeds, quick, state[0])
       text = write_progress(module, workdir, totals, rows, command)
-      total = sum(totals.values())
-      say(f'partial: {len(rows)} of {total} runs; run the same command again to continue '
-          f'(progress in {os.path.join(workdir, "progress.md")})')
-      return RunStatus(text, False, len(rows), total)
-  tune_seeds_used = seeds[:tune_seeds] if module.TRAINS else None
-  selected = select_rates(arms, rows, tune_seeds_used) if rows else {}
+      say(f'partial: {len(rows)} of {sum(totals.values())} runs; run the same command again '
+          f'to continue (progress in {os.path.join(workdir, "progress.md")})')
+      return RunStatus(text, False, len(rows), sum(totals.values()))
+  selected = select_rates(arms, rows, tuning) if rows else {}
   outcomes = compare_contrasts(contrasts_of(module, labels), selected, margin) if rows else []
   ctx = Context(quick, workdir, dataset, arms, base_cfg, rows, selected, outcomes, margin)
   sections = module.analyse(ctx)

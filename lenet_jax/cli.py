@@ -9,6 +9,7 @@ Sweep syntax (also in --help):
       --channels=6,16 --channels=12,32 --kernel_size=3 --kernel_size=5
   * The sweep is the Cartesian product of all swept fields, times --seeds.
 """
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -211,10 +212,33 @@ def quiet_logs() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
 
 
-def interrupted(signum, frame) -> None:
-  """SIGTERM (a scheduler's stop, `kill`) ends the sweep as Ctrl-C does."""
+def _interrupted(signum, frame) -> None:
   del signum, frame
   raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+  """SIGTERM (a scheduler's stop, `kill`) ends the work inside as Ctrl-C does."""
+  previous = signal.signal(signal.SIGTERM, _interrupted)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def stopped(error: BaseException, workdir: str | None) -> int:
+  """One line for work stopped by Ctrl-C or SIGTERM (exit 130) or by a full disk
+  (exit 1), saying where every finished run is kept; the exit status."""
+  if isinstance(error, KeyboardInterrupt):
+    where = (f'; every finished run and epoch checkpoint is in {workdir}: run the same '
+             'command again to resume' if workdir else ' (no --workdir, so nothing was kept)')
+    print(f'\ninterrupted{where}.', file=sys.stderr)
+    return 130
+  where = (f'Every run that finished is kept in {workdir}; free some space there and run '
+           'the same command again to resume.' if workdir else 'Free some space.')
+  print(f'error: {error.strerror}. {where}', file=sys.stderr)
+  return 1
 
 
 def main(argv) -> int:
@@ -256,31 +280,20 @@ def main(argv) -> int:
   if FLAGS.cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.cache_dir)
   print(f'{len(configs)} run(s), JAX backend {jax.default_backend()}', flush=True)
-  previous = signal.signal(signal.SIGTERM, interrupted)
   try:
-    rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=FLAGS.max_models,
-                               progress=lambda line: print(line, flush=True),
-                               target_test_acc=FLAGS.target_test_acc,
-                               num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
-                               tensorboard=FLAGS.tensorboard,
-                               vmap={'auto': None, 'vmap': True,
-                                     'in_turn': False}[FLAGS.group_mode])
+    with sigterm_as_ctrl_c():
+      rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=FLAGS.max_models,
+                                 progress=lambda line: print(line, flush=True),
+                                 target_test_acc=FLAGS.target_test_acc,
+                                 num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
+                                 tensorboard=FLAGS.tensorboard,
+                                 vmap={'auto': None, 'vmap': True,
+                                       'in_turn': False}[FLAGS.group_mode])
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  except workdir_lib.DiskFull as e:
-    print(f'error: {e.strerror}. Every run that finished is kept in {FLAGS.workdir}; '
-          'free some space there and run the same command again to resume.',
-          file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    where = (f'; every finished run and epoch checkpoint is in {FLAGS.workdir}: run the '
-             'same command again to resume' if FLAGS.workdir else
-             ' (no --workdir, so nothing was kept)')
-    print(f'\ninterrupted{where}.', file=sys.stderr)
-    return 130
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+  except (workdir_lib.DiskFull, KeyboardInterrupt) as e:
+    return stopped(e, FLAGS.workdir)
   print()
   print(sweep_lib.summary_table(rows))
   if len(rows) == 1:

@@ -14,6 +14,9 @@ from lenet_jax import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = (0, 1, 2)
+# Under pytest-xdist, one worker runs this module: its module-scoped fixture
+# is expensive and would otherwise be built once per worker.
+pytestmark = pytest.mark.xdist_group('report')
 
 
 @pytest.fixture(scope='module')

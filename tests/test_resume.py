@@ -312,11 +312,11 @@ def test_a_second_process_on_a_workdir_or_shard_is_refused_with_the_holders_pid(
 
 def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_exactly(idx_dir, tmp_path):
   clean = str(tmp_path / 'clean')
-  assert _run(_cmd(idx_dir, clean, '--epochs=30')).returncode == 0
+  assert _run(_cmd(idx_dir, clean, '--epochs=12')).returncode == 0
   want = _final_params(clean)
   for sig in (signal.SIGINT, signal.SIGTERM):
     stopped = str(tmp_path / sig.name)
-    cmd = _cmd(idx_dir, stopped, '--epochs=30')
+    cmd = _cmd(idx_dir, stopped, '--epochs=12')
     proc = _start(cmd)
     _wait_for(lambda: glob.glob(os.path.join(stopped, 'runs', '*', 'checkpoints', '1')))
     assert proc.poll() is None

@@ -21,6 +21,9 @@ from lenet_jax.config import DataConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
          't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
+# Under pytest-xdist, one worker runs this module: its module-scoped fixture
+# is expensive and would otherwise be built once per worker.
+pytestmark = pytest.mark.xdist_group('tfds')
 
 
 @pytest.fixture(scope='module')
