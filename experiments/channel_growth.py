@@ -11,6 +11,8 @@ Full mode: 10 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 """
 import os
 
+import numpy as np
+
 from experiments import common
 from lenet_jax import arch
 from lenet_jax import stats
@@ -49,6 +51,24 @@ def _conv_facts(ctx, arm_label):
   return layers['block1_conv1'], layers['block2_conv1']
 
 
+def _correlations(ctx, test) -> str:
+  """Pearson r, across arms, of mean test accuracy with log parameters and log FLOPs."""
+  points = []
+  for arm in ctx.arms:
+    g = ctx.selected.get(arm.label)
+    if g and g.ok() and test.get(arm.label):
+      row = g.ok()[0]
+      points.append((stats.summarise(test[arm.label])['mean'], row['params'], row['flops']))
+  if len(points) < 3:
+    return ''
+  acc = np.array([p[0] for p in points])
+  r_params = np.corrcoef(acc, np.log([p[1] for p in points]))[0, 1]
+  r_flops = np.corrcoef(acc, np.log([p[2] for p in points]))[0, 1]
+  return (f'Across the {len(points)} arms, mean test accuracy correlates r = {r_flops:.2f} '
+          f'with log FLOPs and r = {r_params:.2f} with log parameters (Pearson, descriptive: '
+          'the arms are not a random sample of architectures). ')
+
+
 def analyse(ctx):
   test, val = ctx.by_arm('test_acc'), ctx.by_arm('val_acc')
   rows = []
@@ -70,6 +90,11 @@ def analyse(ctx):
   ranked = sorted(means, key=means.get, reverse=True)
   note = label(NOTE)
   c1, c2 = _conv_facts(ctx, note)
+  mac_ratios = {}
+  for channels in (NOTE, CONSTANT, SHRINKING):
+    m1, m2 = _conv_facts(ctx, label(channels))
+    mac_ratios[label(channels)] = m2.macs / m1.macs
+  balanced = min(mac_ratios, key=lambda a: abs(np.log(mac_ratios[a])))
   grid = {c: stats.summarise(test[label(c)])['mean'] for c in GRID if test.get(label(c))}
   effects = ''
   if len(grid) == len(GRID):
@@ -80,6 +105,7 @@ def analyse(ctx):
                f'{100 * e1:+.2f} points; going from 6 to 32 second-layer channels (which also '
                f'widens the flatten, 25 x c2, and the first dense layer with it) by '
                f'{100 * e2:+.2f} points. ')
+  effects += _correlations(ctx, test)
   others = [o for o in ctx.outcomes if o.contrast.reference == note]
   better = [o.contrast.arm for o in others if o.comparison and
             o.comparison.verdict.startswith('different') and o.comparison.test.estimate > 0]
@@ -96,8 +122,10 @@ def analyse(ctx):
 conv1 has {c1.params:,} parameters and conv2 {c2.params:,}, a ratio of
 {c2.params / c1.params:.0f}: growing from 6 to 16 channels does not make the two layers'
 parameter counts similar (conv2's count scales with c1 x c2, conv1's with c1
-alone). What 6 -> 16 keeps of the same order is the compute per layer
-({c1.macs:,} vs {c2.macs:,} multiply-adds, ratio {c2.macs / c1.macs:.1f}).
+alone). Nor does it balance compute: conv1 does {c1.macs:,} and conv2 {c2.macs:,}
+multiply-adds per image; among the three schedules at the matched conv budget, the
+conv2/conv1 multiply-add ratios are
+{', '.join(f'{a} {r:.2f}' for a, r in mac_ratios.items())}: the most balanced is {balanced}.
 
 **What accuracy follows.** {effects}See the plots of test accuracy against
 parameters and FLOPs.

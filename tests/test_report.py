@@ -14,15 +14,12 @@ from lenet_jax import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = (0, 1, 2)
-# Under pytest-xdist, one worker runs this module: its module-scoped fixture
-# is expensive and would otherwise be built once per worker.
-pytestmark = pytest.mark.xdist_group('report')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def sweep_dir(tmp_path_factory):
   """A real sweep: channels 4,8 / 6,8 x learning rate 1e-3 / 3e-3 x 3 seeds, 1 epoch,
-  on the same separable IDX data as conftest's `idx_dir` (module scope: trained once)."""
+  on the same separable IDX data as conftest's `idx_dir` (trained once)."""
   idx = tmp_path_factory.mktemp('idx')
   rng = np.random.default_rng(0)
   for prefix, n in (('train', 1200), ('t10k', 300)):

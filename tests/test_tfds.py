@@ -21,12 +21,9 @@ from lenet_jax.config import DataConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
          't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
-# Under pytest-xdist, one worker runs this module: its module-scoped fixture
-# is expensive and would otherwise be built once per worker.
-pytestmark = pytest.mark.xdist_group('tfds')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def debian_dir():
   directory = data.SYSTEM_IDX_DIRS['fashion_mnist']
   missing = [f for f in FILES if not os.path.isfile(os.path.join(directory, f))]
@@ -43,7 +40,7 @@ def _run_cli(*args):
       text=True, timeout=600, cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT})
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def tfds_dir(debian_dir, tmp_path_factory):
   """fashion_mnist prepared once for this module, by the command line."""
   data_dir = tmp_path_factory.mktemp('tfds_data')
