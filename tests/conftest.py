@@ -1,10 +1,10 @@
 """Shared fixtures: small IDX datasets written by the tests themselves.
 
-The whole session, this process and every CLI process the tests start, shares
-one persistent XLA compilation cache in a temporary directory: the tests
-compile the same tiny programs again and again (about 3 of a CLI test's 9
-seconds), and a program from the cache is the program the compiler would
-build. The user's own cache is never touched.
+The whole session (this process, its pytest-xdist workers and every CLI
+process the tests start) shares one persistent XLA compilation cache in a
+temporary directory: the tests compile the same tiny programs again and again
+(about 3 of a CLI test's 9 seconds), and a program from the cache is the
+program the compiler would build. The user's own cache is never touched.
 """
 import atexit
 import gzip
