@@ -122,7 +122,7 @@ def analyse(ctx):
 conv1 has {c1.params:,} parameters and conv2 {c2.params:,}, a ratio of
 {c2.params / c1.params:.0f}: growing from 6 to 16 channels does not make the two layers'
 parameter counts similar (conv2's count scales with c1 x c2, conv1's with c1
-alone). Nor does it balance compute: conv1 does {c1.macs:,} and conv2 {c2.macs:,}
+alone). {'It does balance compute' if balanced == note else 'Nor does it balance compute'}: conv1 does {c1.macs:,} and conv2 {c2.macs:,}
 multiply-adds per image; among the three schedules at the matched conv budget, the
 conv2/conv1 multiply-add ratios are
 {', '.join(f'{a} {r:.2f}' for a, r in mac_ratios.items())}: the most balanced is {balanced}.
