@@ -71,9 +71,10 @@ def _correlations(ctx, test) -> str:
 
 def analyse(ctx):
   test, val = ctx.by_arm('test_acc'), ctx.by_arm('val_acc')
+  conv = {arm.label: _conv_facts(ctx, arm.label) for arm in ctx.arms}
   rows = []
   for arm in ctx.arms:
-    conv1, conv2 = _conv_facts(ctx, arm.label)
+    conv1, conv2 = conv[arm.label]
     kind = ('growing' if conv2.out_shape[2] > conv1.out_shape[2] else
             'constant' if conv2.out_shape[2] == conv1.out_shape[2] else 'shrinking')
     rows.append([arm.label, kind, f'{conv1.params:,}', f'{conv2.params:,}',
@@ -89,11 +90,9 @@ def analyse(ctx):
   means = {a.label: stats.summarise(val[a.label])['mean'] for a in ctx.arms if val[a.label]}
   ranked = sorted(means, key=means.get, reverse=True)
   note = label(NOTE)
-  c1, c2 = _conv_facts(ctx, note)
-  mac_ratios = {}
-  for channels in (NOTE, CONSTANT, SHRINKING):
-    m1, m2 = _conv_facts(ctx, label(channels))
-    mac_ratios[label(channels)] = m2.macs / m1.macs
+  c1, c2 = conv[note]
+  mac_ratios = {label(c): conv[label(c)][1].macs / conv[label(c)][0].macs
+                for c in (NOTE, CONSTANT, SHRINKING)}
   balanced = min(mac_ratios, key=lambda a: abs(np.log(mac_ratios[a])))
   grid = {c: stats.summarise(test[label(c)])['mean'] for c in GRID if test.get(label(c))}
   effects = ''
