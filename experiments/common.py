@@ -803,6 +803,15 @@ def stray_runs(workdir: str, plan: Sequence[Planned]) -> list[str]:
                 if d not in planned and '.' not in d)  # '.unreadable-*' are named elsewhere
 
 
+def _training_time(rows) -> str:
+  """The runs' own training time, which a report regenerated from finished runs would
+  otherwise hide behind its invocation's few seconds."""
+  seconds = sum(r.get('train_seconds', 0) + r.get('compile_seconds', 0) for r in rows)
+  return (f'Its {len(rows)} runs trained for {seconds / 60:.1f} minutes in all (the sum of '
+          'their compile and training seconds, over however many invocations; runs that '
+          'shared the machine count their slower time).')
+
+
 def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], command: str,
                  seconds: float, check: bool = False, strays: Sequence[str] = ()) -> str:
   lines = [f'# {module.TITLE}', '', f'**Question.** {module.QUESTION}', '']
@@ -830,8 +839,8 @@ def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], comm
     lines += [f'## {title}', '', body.strip(), '']
   lines += ['## Reproduce', '', f'```\n{command}\n```', '',
             f'This invocation took {seconds / 60:.1f} minutes on {os.cpu_count()} CPU core(s).' +
-            (' Per-run configs and metrics are under `runs/`, one row per run in '
-             '`results.csv`.' if ctx.rows else ''), '']
+            (f' {_training_time(ctx.rows)} Per-run configs and metrics are under `runs/`, one '
+             'row per run in `results.csv`.' if ctx.rows else ''), '']
   if strays:
     lines += [f'Not part of this experiment, and not read: {len(strays)} run(s) under `runs/` '
               'outside its plan (for example the other seeds of a rate that a later grid '

@@ -105,6 +105,7 @@ def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
   assert said[0].startswith(f'{tuning_runs} runs ({per_group - 1} already finished')
   assert kept[0].is_file()
   assert not (workdir / 'progress.md').exists() and (workdir / 'report.md').is_file()
+  assert f'Its {second.total} runs trained for ' in second.text  # summed from the records
   # Complete: a third call trains nothing and writes the same report.
   third = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
                      say=said.append)
