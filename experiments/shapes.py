@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from experiments import common
 from lenet_jax import arch
 from lenet_jax.config import ModelConfig
-from lenet_jax.model import LeNet5
+from lenet_jax.model import LeNet5, pool
 
 NAME = 'shapes'
 TITLE = 'Shapes: why the maps shrink and thicken, and what the flatten feeds'
@@ -39,6 +39,65 @@ VARIANTS = {
 def arms(quick):
   del quick
   return []
+
+
+def _values_per_layer(cfg: ModelConfig) -> str:
+  """H x W x C = values per example after each conv and pool layer."""
+  return ' -> '.join(f'{l.out_shape[0] * l.out_shape[1] * l.out_shape[2]:,}'
+                     for l in arch.trace(cfg) if l.kind in ('conv', 'pool'))
+
+
+def _pooled_single_pixel(kind: str) -> str:
+  """2x2 pooling of a 1x4 strip of one map holding one lit pixel, at columns 0, 1, 2."""
+  outs = []
+  for col in range(3):
+    x = jnp.zeros((1, 2, 4, 1)).at[0, 0, col, 0].set(1.0)  # NHWC, one channel
+    y = pool(x, kind, 2, conv_fn=None)
+    outs.append(f'column {col} -> [' + ', '.join(f'{v:g}' for v in y[0, 0, :, 0].tolist()) + ']')
+  return '; '.join(outs)
+
+
+def _reasons() -> str:
+  """Why designers shrink the maps and grow the channels: receptive field, compute,
+  values per layer, and what pooling does to one map."""
+  no_pool = dataclasses.replace(NOTE, pool='none')
+  narrow = dataclasses.replace(NOTE, channels=(6, 6))
+  rf = lambda cfg: [l for l in arch.trace(cfg) if l.kind in ('conv', 'pool')][-1].receptive_field
+  mflops = lambda cfg: arch.totals(cfg)['flops'] / 1e6
+  flat = lambda cfg: next(l for l in arch.trace(cfg) if l.kind == 'flatten').out_shape[0]
+  return f'''
+The arithmetic above is how; the reasons a designer wants it are these, each
+computed here from the same traces:
+
+- **Receptive field.** Pooling doubles the spacing between the inputs of the
+  next layer, so block 2's 5x5 kernels see {rf(NOTE)}x{rf(NOTE)} input pixels after
+  pooling and only {rf(no_pool)}x{rf(no_pool)} without it: downsampling lets the same small
+  kernels take in larger parts of the digit or garment.
+- **Compute.** Every conv after a pool runs on a quarter of the positions:
+  the note's network costs {mflops(NOTE):.2f} MFLOPs per image, the same layers without
+  pooling {mflops(no_pool):.2f}, and the first dense layer grows from
+  {flat(NOTE):,} to {flat(no_pool):,} inputs (the table below).
+- **Values per layer (H x W x C after each conv and pool).** 6 -> 16:
+  {_values_per_layer(NOTE)}; 6 -> 6: {_values_per_layer(narrow)}. Each
+  pooling divides a layer's values by four; growing the channels keeps the
+  representation from collapsing as resolution drops, so the later layers can
+  still encode many feature types per position. Whether that buys accuracy is
+  measured in the channel-growth experiment.
+- **Tolerance to small shifts.** Within a pooling window the position of a
+  feature is forgotten. One map holding a single lit pixel, 2x2 max pooling:
+  {_pooled_single_pixel('max')}; average pooling: {_pooled_single_pixel('avg')}.
+  A one-pixel move inside a window (column 0 -> 1) leaves the output unchanged;
+  one across a window boundary (1 -> 2) moves it. So pooling absorbs some small
+  shifts, not all; the claims experiment measures how much accuracy and how
+  much feature similarity that buys on shifted test images.
+
+**"Pooling refines each feature map"** is not what pooling does. It has no
+parameters and treats each channel on its own: every output is the max (or the
+mean) of a 2x2 window of one map, so it keeps one value per four positions and
+discards where in the window the feature was. It coarsens a map; it does not
+sharpen, denoise or recombine it (mixing channels is the next conv's job). The
+claims experiment compares max, average and a learned stride-2 convolution in
+its place.'''
 
 
 def _trace_block(cfg: ModelConfig) -> str:
@@ -78,6 +137,7 @@ convolutions and pooling shrink them** and **the designer asks for more kernels
 in later layers**. The receptive field grows meanwhile ({note[-1].receptive_field}x{note[-1].receptive_field} input
 pixels per block-2 output), so each of the 16 later channels summarises a
 larger patch.'''))
+  sections.append(('Why shrink the maps and grow the channels', _reasons()))
   rows = []
   for label, cfg in VARIANTS.items():
     t = arch.trace(cfg)
@@ -131,7 +191,11 @@ right network; impossible shapes fail before anything is compiled.'''))
 pixels per layer and 2x2 pooling halves them; with 'same' padding and no
 pooling they would not shrink at all. Depth grows only because the designer
 gives later layers more kernels (6, then 16); nothing in the convolution forces
-it (see the channel-growth experiment for whether it helps).
+it (see the channel-growth experiment for whether it helps). Designers want
+both: downsampling widens what each later kernel sees, cuts the compute and the
+dense layer, and absorbs shifts within a pooling window; more channels keep the
+number of values per layer from falling with the resolution. Pooling coarsens
+each map; it does not refine it.
 (3) The first dense layer sees the flattened final maps, channels x height x
 width = 16 x 5 x 5 = 400 inputs per example, so its weight matrix is 400 x 120.
 Change the input size, the padding, the pooling or the last channel count and

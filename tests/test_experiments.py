@@ -266,3 +266,17 @@ def test_the_command_line_is_quiet_and_stops_cleanly_on_sigterm(tmp_path):
   assert 'Traceback' not in err and 'checkpoint_manager' not in err, err
   assert err.strip().splitlines()[-1].startswith(f'interrupted; every finished run and epoch '
                                                  f'checkpoint is in {workdir}')
+
+
+def test_shapes_gives_the_reasons_for_shrinking_and_thickening():
+  """Review point 8: the reasons (receptive field, compute, values per layer, shift
+  tolerance within a window) are computed, and "pooling refines" is answered."""
+  shapes = importlib.import_module('experiments.shapes')
+  text = dict(shapes.analyse(None))['Why shrink the maps and grow the channels']
+  assert 'see 16x16 input pixels after\n  pooling and only 9x9 without it' in text
+  assert 'costs 0.83 MFLOPs' in text and 'pooling 5.23' in text and '400 to 9,216' in text
+  assert '6 -> 16:\n  4,704 -> 1,176 -> 1,600 -> 400; 6 -> 6: 4,704 -> 1,176 -> 600 -> 150' in text
+  # one lit pixel: a move inside the 2x2 window is absorbed, one across it is not
+  assert 'column 0 -> [1, 0]; column 1 -> [1, 0]; column 2 -> [0, 1]' in text
+  assert 'column 0 -> [0.25, 0]; column 1 -> [0.25, 0]; column 2 -> [0, 0.25]' in text
+  assert '"Pooling refines each feature map"** is not what pooling does' in text
