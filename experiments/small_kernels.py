@@ -4,8 +4,8 @@ The note's argument: for the same receptive field, smaller stacked kernels need
 fewer parameters and less compute; 1x1 does not grow the receptive field.
 Every arm keeps the note's map sizes (28 -> 28 -> 14 -> 10 -> 5) except 1x1,
 which cannot shrink 14 to 10 without padding tricks and keeps 14 -> 7.
-Full mode: 7 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
-= 112 runs, 3 more per grid extended
+Full mode: 9 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
+= 144 runs, 3 more per grid extended
 (the README gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments small_kernels --max_minutes=50
 """
@@ -26,7 +26,9 @@ METHOD = ('The note\'s network with each block\'s single 5x5 conv replaced by tw
           'activation between them (one linear 5x5 map in two factors: the same weights '
           'count and receptive field without the extra non-linearity); and 1x1 convs. Parameters, FLOPs '
           'and receptive fields are analytic; accuracy is measured, every arm against the '
-          'one 5x5. ' + common.protocol())
+          'one 5x5. A pair with a global-average-pooling head (one 3x3 against one 5x5 per '
+          'block, the same dense layers whatever the map size) separates the kernel from '
+          'the flatten width. ' + common.protocol())
 TRAINS = True
 REFERENCE = 'one 5x5 per block (note)'
 HEADLINE = ('two 3x3 per block', 'one 3x3 per block')
@@ -46,7 +48,15 @@ ARMS = {
         'model.inner_activation': False},
     'one 3x3 per block': {'model.kernel_size': (3,), 'model.padding': (1, 'valid')},
     'one 1x1 per block': {'model.kernel_size': (1,), 'model.padding': ('valid',)},
+    # The single 3x3 keeps 6x6 block-2 maps (576 flatten inputs against 400), so
+    # with the flatten head it also has a larger dense layer. A global-average-
+    # pooling head makes the dense layers the same for any map size: this pair
+    # differs in the convolutions alone.
+    'gap head, one 5x5 per block': {'model.head': 'gap'},
+    'gap head, one 3x3 per block': {'model.head': 'gap', 'model.kernel_size': (3,),
+                                    'model.padding': (1, 'valid')},
 }
+GAP_PAIR = ('gap head, one 3x3 per block', 'gap head, one 5x5 per block')
 
 
 def arms(quick):
@@ -55,9 +65,18 @@ def arms(quick):
 
 
 def contrasts(labels):
-  out = [common.Contrast(l, REFERENCE) for l in labels if l != REFERENCE]
+  out = [common.Contrast(l, REFERENCE) for l in labels
+         if l != REFERENCE and not l.startswith('gap head')]
+  if set(GAP_PAIR) <= set(labels):
+    out.append(common.Contrast(*GAP_PAIR))
   # what the extra non-linearity is worth at the same weights and receptive field
   return out + [common.Contrast('two 3x3 per block', 'two 3x3 per block, no activation between')]
+
+
+def _dense_params(ctx, label) -> str:
+  if label not in {a.label for a in ctx.arms}:
+    return '-'
+  return f"{sum(l.params for l in arch.trace(ctx.config_of(label).model) if l.kind == 'dense'):,}"
 
 
 def analyse(ctx):
@@ -96,5 +115,7 @@ alone (see the table).
 the same stack with its inner activation against without it:
 {ctx.words('two 3x3 per block', 'two 3x3 per block, no activation between')}; one 3x3 per
 block (smaller receptive field): {ctx.words('one 3x3 per block')}; 1x1:
-{ctx.words('one 1x1 per block')}.'''
+{ctx.words('one 1x1 per block')}. With a global-average-pooling head, which gives
+both the same dense layers ({_dense_params(ctx, GAP_PAIR[0])} and {_dense_params(ctx, GAP_PAIR[1])} dense parameters),
+one 3x3 per block against one 5x5: {ctx.words(*GAP_PAIR)}.'''
   return [('Architecture facts', facts + f'\n\n![{plot}]({plot})'), ('Answer', answer)]
