@@ -806,10 +806,13 @@ def stray_runs(workdir: str, plan: Sequence[Planned]) -> list[str]:
 def _training_time(rows) -> str:
   """The runs' own training time, which a report regenerated from finished runs would
   otherwise hide behind its invocation's few seconds."""
-  seconds = sum(r.get('train_seconds', 0) + r.get('compile_seconds', 0) for r in rows)
+  timed = [r for r in rows if 'train_seconds' in r and 'compile_seconds' in r]
+  seconds = sum(r['train_seconds'] + r['compile_seconds'] for r in timed)
+  untimed = (f'; {len(rows) - len(timed)} run(s) recorded no time and are not counted'
+             if len(timed) < len(rows) else '')
   return (f'Its {len(rows)} runs trained for {seconds / 60:.1f} minutes in all (the sum of '
           'their compile and training seconds, over however many invocations; runs that '
-          'shared the machine count their slower time).')
+          f'shared the machine count their slower time{untimed}).')
 
 
 def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], command: str,
