@@ -175,9 +175,11 @@ def test_a_rate_chosen_at_the_edge_of_its_grid_extends_the_grid():
   # The lowest wins: the grid grows downwards, at its own spacing.
   assert grids({1e-3: .85, 2e-3: .81, 4e-3: .80})[0] == {'a': (5e-4, 1e-3, 2e-3, 4e-3)}
   # At most MAX_EXTENSIONS per side; then the edge is chosen (and the report flags it).
-  rising = {1e-3: .80, 2e-3: .81, 4e-3: .82, 8e-3: .83, 1.6e-2: .84}
-  assert common.MAX_EXTENSIONS == 2
-  assert grids(rising) == ({'a': (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)}, {'a': 1.6e-2})
+  rising = {1e-3: .80, 2e-3: .81, 4e-3: .82, 8e-3: .83, 1.6e-2: .84, 3.2e-2: .85, 6.4e-2: .86}
+  assert common.MAX_EXTENSIONS == 4
+  assert grids(rising) == ({'a': tuple(rising)}, {'a': 6.4e-2})
+  # Short of the limit, the last rate of a still-rising grid is not chosen yet.
+  assert grids(dict(list(rising.items())[:5])) == ({'a': (*list(rising)[:5], 3.2e-2)}, {})
   # A tuning run missing: no choice yet. Quick mode never extends.
   incomplete = _tuning_rows({1e-3: .80, 2e-3: .81, 4e-3: .82})[:-1]
   assert common.tuning_grids(arms, base, False, incomplete, seeds) == (
