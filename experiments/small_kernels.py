@@ -66,7 +66,7 @@ def arms(quick):
 
 def contrasts(labels):
   out = [common.Contrast(l, REFERENCE) for l in labels
-         if l != REFERENCE and not l.startswith('gap head')]
+         if l != REFERENCE and l not in GAP_PAIR]
   if set(GAP_PAIR) <= set(labels):
     out.append(common.Contrast(*GAP_PAIR))
   # what the extra non-linearity is worth at the same weights and receptive field
