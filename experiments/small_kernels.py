@@ -74,9 +74,16 @@ def contrasts(labels):
 
 
 def _dense_params(ctx, label) -> str:
-  if label not in {a.label for a in ctx.arms}:
-    return '-'
   return f"{sum(l.params for l in arch.trace(ctx.config_of(label).model) if l.kind == 'dense'):,}"
+
+
+def _gap_sentence(ctx) -> str:
+  """The gap-head pair's verdict, or that the pair was not run (the headline checks skip it)."""
+  if not set(GAP_PAIR) <= {a.label for a in ctx.arms}:
+    return 'The global-average-pooling pair is not run in this mode.'
+  return (f'With a global-average-pooling head, which gives both the same dense layers '
+          f'({_dense_params(ctx, GAP_PAIR[0])} and {_dense_params(ctx, GAP_PAIR[1])} dense '
+          f'parameters), one 3x3 per block against one 5x5: {ctx.words(*GAP_PAIR)}.')
 
 
 def analyse(ctx):
@@ -115,7 +122,5 @@ alone (see the table).
 the same stack with its inner activation against without it:
 {ctx.words('two 3x3 per block', 'two 3x3 per block, no activation between')}; one 3x3 per
 block (smaller receptive field): {ctx.words('one 3x3 per block')}; 1x1:
-{ctx.words('one 1x1 per block')}. With a global-average-pooling head, which gives
-both the same dense layers ({_dense_params(ctx, GAP_PAIR[0])} and {_dense_params(ctx, GAP_PAIR[1])} dense parameters),
-one 3x3 per block against one 5x5: {ctx.words(*GAP_PAIR)}.'''
+{ctx.words('one 1x1 per block')}. {_gap_sentence(ctx)}'''
   return [('Architecture facts', facts + f'\n\n![{plot}]({plot})'), ('Answer', answer)]

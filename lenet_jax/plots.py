@@ -53,6 +53,24 @@ def learning_curves(series: dict[str, Sequence[Sequence[float]]], path: str,
   return path
 
 
+# Beyond this many margins the axis turns logarithmic, so one large effect does not
+# squeeze every interval near the margin into a dot.
+LINEAR_SPAN_IN_MARGINS = 20
+
+
+def forest_linear_range(intervals: Sequence[tuple[float, float]], margin: float) -> float | None:
+  """Half-width of the linear part of a forest plot's axis; None: linear throughout.
+
+  When an interval reaches further than LINEAR_SPAN_IN_MARGINS margins from zero,
+  the axis is linear within +-4 margins (the margin band and the intervals near it
+  stay readable) and logarithmic beyond.
+  """
+  reach = max((abs(x) for iv in intervals for x in iv if math.isfinite(x)), default=0.0)
+  if margin <= 0 or reach <= LINEAR_SPAN_IN_MARGINS * margin:
+    return None
+  return 4 * margin
+
+
 def forest(labels: Sequence[str], estimates: Sequence[float],
            intervals: Sequence[tuple[float, float]], notes: Sequence[str], margin: float,
            path: str, xlabel: str, title: str) -> str:
@@ -76,6 +94,10 @@ def forest(labels: Sequence[str], estimates: Sequence[float],
   right.set_ylim(ax.get_ylim())
   right.set_yticks(ys)
   right.set_yticklabels(notes, fontsize=8)
+  linear = forest_linear_range(intervals, margin)
+  if linear is not None:
+    ax.set_xscale('symlog', linthresh=linear)
+    xlabel = f'{xlabel}\n(linear within ±{linear:g}, logarithmic beyond)'
   ax.set_xlabel(xlabel)
   ax.set_title(f'{title}\ndots and bars: mean difference and its interval; shaded: the '
                f'equivalence margin ±{margin:g}', fontsize=9)

@@ -243,3 +243,17 @@ def test_two_runs_of_one_seed_cannot_be_paired():
   rows = [_row(0, 0.1, 0.9, 0.9), dict(_row(0, 0.1, 0.8, 0.8), run_id='other')]
   with pytest.raises(ValueError, match='has two runs with seed 0'):
     report.group_rows(rows, ['optim.learning_rate'])
+
+
+def test_a_forest_plot_turns_logarithmic_only_when_one_interval_dwarfs_the_margin(tmp_path):
+  from lenet_jax import plots  # pylint: disable=import-outside-toplevel
+  near = [(-0.004, 0.003), (0.001, 0.009)]
+  assert plots.forest_linear_range(near, 0.005) is None
+  assert plots.forest_linear_range(near + [(-0.10, -0.09)], 0.005) is None  # 20 margins: linear
+  assert plots.forest_linear_range(near + [(-0.80, -0.77)], 0.005) == pytest.approx(0.02)
+  assert plots.forest_linear_range(near + [(0.2, float('nan'))], 0.005) == pytest.approx(0.02)
+  assert plots.forest_linear_range([(-1.0, 1.0)], 0.0) is None  # no margin: nothing to keep readable
+  path = plots.forest(['a - b', 'c - b', 'd - b'], [0.0, 0.005, -0.78], near + [(-0.80, -0.77)],
+                      ['equivalent', 'inconclusive', 'different'], 0.005, str(tmp_path / 'f.png'),
+                      'difference', 'paired differences')
+  assert _is_png(path)
