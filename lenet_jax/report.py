@@ -280,6 +280,28 @@ def tune(groups: Sequence[Group], tuned: str, select_on: str) -> list[Group]:
   return list(merged.values())
 
 
+def near_chance(run: dict[str, Any]) -> bool:
+  """A finished run whose training accuracy ended below twice chance: it learned nothing.
+
+  Such a run is not 'diverged' (its loss is finite, often exactly ln(classes)),
+  so it stays in every mean and pair; the reports name it so that a mean pulled
+  down by a few dead runs is not read as a smaller effect.
+  """
+  classes = run.get('model.num_classes') or 10
+  return run['status'] == 'ok' and run.get('train_acc', 1.0) < 2 / classes
+
+
+def near_chance_note(group: Group) -> str | None:
+  """'LABEL: seeds 5, 7 (2 of 10) ended near chance ...', or None if none did."""
+  dead = sorted(r['seed'] for r in group.ok() if near_chance(r))
+  if not dead:
+    return None
+  classes = group.runs[0].get('model.num_classes') or 10
+  return (f'{group.label}: {"seed" if len(dead) == 1 else "seeds"} {_seeds(dead)} '
+          f'({len(dead)} of {len(group.ok())}) ended near chance (training accuracy below '
+          f'2/{classes}); kept in every mean and pair.')
+
+
 @dataclasses.dataclass(frozen=True)
 class Pairing:
   """A configuration's runs matched by seed with the baseline's, on one metric."""
@@ -492,6 +514,8 @@ def build(rows: Sequence[dict[str, Any]], fields: Sequence[str], opts: Options) 
         notes.append(f'{g.label}: seed {r["seed"]} {r["status"]}'
                      + (f' in epoch {r["diverged_epoch"]}' if r.get('diverged_epoch') else '')
                      + ' (run ' + r['run_id'] + '); left out of every mean, pair and choice.')
+  notes += [n for n in map(near_chance_note, [baseline] + [g for g in compared
+                                                              if g is not baseline]) if n]
   notes += [f'{res.pairing.group.label}: {res.pairing.note}.' for res in results
             if res.pairing.note]
   if tuned and opts.metric == opts.select_on:

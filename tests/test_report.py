@@ -257,3 +257,20 @@ def test_a_forest_plot_turns_logarithmic_only_when_one_interval_dwarfs_the_margi
                       ['equivalent', 'inconclusive', 'different'], 0.005, str(tmp_path / 'f.png'),
                       'difference', 'paired differences')
   assert _is_png(path)
+
+
+def test_runs_that_ended_near_chance_are_named_in_the_notes():
+  def row(seed, lr, train_acc):
+    return dict(_row(seed, lr, train_acc, train_acc), train_acc=train_acc,
+                **{'model.num_classes': 10, 'model.channels': (6, 16)})
+  rows = ([row(s, 0.1, 0.9) for s in range(4)] +
+          [row(s, 0.2, 0.1 if s in (1, 3) else 0.9) for s in range(4)])
+  assert report.near_chance(rows[5]) and not report.near_chance(rows[4])
+  assert not report.near_chance(dict(rows[5], status='diverged'))  # named as diverged instead
+  out = report.build(rows, ['optim.learning_rate'], report.Options('W', 'learning_rate=0.1'))
+  [note] = [n for n in out.notes if 'near chance' in n]
+  assert note.startswith('learning_rate=0.2: seeds 1, 3 (2 of 4) ended near chance')
+  assert 'kept in every mean and pair' in note
+  clean = [r for r in rows if r['train_acc'] > 0.5]
+  assert not any('near chance' in n for n in report.build(
+      clean, ['optim.learning_rate'], report.Options('W', 'learning_rate=0.1')).notes)
