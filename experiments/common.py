@@ -617,10 +617,10 @@ def tuning_section(ctx: Context) -> str:
   if unselected:
     notes.append('No rate finished on every seed, so nothing was selected and the arm is '
                  'not compared: ' + ', '.join(unselected) + '.')
-  dead = [report_lib.near_chance_note(ctx.selected[a.label]) for a in ctx.arms
-          if ctx.selected[a.label].chosen]
-  if any(dead):
-    notes.append('At the selected rate: ' + ' '.join(n for n in dead if n))
+  dead = [n for n in (report_lib.near_chance_note(ctx.selected[a.label]) for a in ctx.arms
+                      if ctx.selected[a.label].chosen) if n]
+  if dead:
+    notes.append('At the selected rate: ' + ' '.join(dead))
   seeds = sorted({r['seed'] for g in groups for c in (g.candidates or {}).values()
                   for r in c.runs})
   return (f'Mean validation accuracy over the tuning seeds ({", ".join(map(str, seeds))}) at '

@@ -285,21 +285,22 @@ def near_chance(run: dict[str, Any]) -> bool:
 
   Such a run is not 'diverged' (its loss is finite, often exactly ln(classes)),
   so it stays in every mean and pair; the reports name it so that a mean pulled
-  down by a few dead runs is not read as a smaller effect.
+  down by a few dead runs is not read as a smaller effect. Every row a run
+  writes has its class count and training accuracy, so neither is guessed.
   """
-  classes = run.get('model.num_classes') or 10
-  return run['status'] == 'ok' and run.get('train_acc', 1.0) < 2 / classes
+  return run['status'] == 'ok' and run['train_acc'] < 2 / run['model.num_classes']
 
 
 def near_chance_note(group: Group) -> str | None:
   """'LABEL: seeds 5, 7 (2 of 10) ended near chance ...', or None if none did."""
-  dead = sorted(r['seed'] for r in group.ok() if near_chance(r))
+  dead = [r for r in group.ok() if near_chance(r)]
   if not dead:
     return None
-  classes = group.runs[0].get('model.num_classes') or 10
-  return (f'{group.label}: {"seed" if len(dead) == 1 else "seeds"} {_seeds(dead)} '
-          f'({len(dead)} of {len(group.ok())}) ended near chance (training accuracy below '
-          f'2/{classes}); kept in every mean and pair.')
+  seeds = sorted(r['seed'] for r in dead)
+  classes = sorted({r['model.num_classes'] for r in dead})
+  return (f'{group.label}: {"seed" if len(seeds) == 1 else "seeds"} {_seeds(seeds)} '
+          f'({len(seeds)} of {len(group.ok())}) ended near chance (training accuracy below '
+          f'2/{"/".join(map(str, classes))}); kept in every mean and pair.')
 
 
 @dataclasses.dataclass(frozen=True)
