@@ -1,11 +1,14 @@
 """The report of a sweep's workdir: configurations, paired comparisons, verdicts, plots.
 
-  python -m lenet_jax.report WORKDIR --baseline='channels=6,16' [--metric=test_acc]
-      [--tune=learning_rate --select_on=val_acc] [--margin=0.005] [--alpha=0.05] [--out=DIR]
+  python -m lenet_jax.report WORKDIR [WORKDIR ...] --baseline='channels=6,16'
+      [--metric=test_acc] [--tune=learning_rate --select_on=val_acc] [--margin=0.005]
+      [--alpha=0.05] [--out=DIR]
 
 A configuration is one value of every swept field (sweep.json's axes; for a
-workdir without one, the config fields that vary between runs); its runs are
-its seeds. Every configuration is compared with the baseline on `--metric`
+workdir without one, the config fields that vary between runs; with several
+workdirs, both, plus the fields that differ between them, so arms that are not
+one Cartesian product, such as fields changed together, are compared as one
+sweep); its runs are its seeds. Every configuration is compared with the baseline on `--metric`
 by a paired t test on the per-seed differences (runs of the same seed), the
 comparisons corrected together with Holm, and an equivalence test (TOST)
 against `--margin`; `stats.compare` has the rules. With `--tune`, each
@@ -13,8 +16,8 @@ configuration first picks the value of the tuned field with the best mean
 `--select_on` (validation, never test) over its seeds.
 
 Writes report.md, curves.png and forest.png to --out (default
-WORKDIR/report) and prints report.md. The functions below are pure (rows in,
-tables out) except `load_rows`, `load_curves` and `main`.
+WORKDIR/report for one workdir) and prints report.md. The functions below are pure (rows in,
+tables out) except `load_rows`, `load_sweeps`, `load_curves`, `write` and `main`.
 """
 import argparse
 import collections
@@ -34,7 +37,7 @@ from lenet_jax import stats
 # Row keys that describe a run rather than measure it; never metrics.
 RUN_FACTS = ('run_id', 'status', 'diverged_epoch', 'params', 'flops', 'epochs_run',
              'train_seconds', 'compile_seconds', 'seed', 'batch_size', 'eval_batch_size',
-             'epochs')
+             'epochs', 'workdir')
 
 
 # ----------------------------------------------------------------------------
@@ -42,7 +45,7 @@ RUN_FACTS = ('run_id', 'status', 'diverged_epoch', 'params', 'flops', 'epochs_ru
 
 
 def load_rows(workdir: str) -> list[dict[str, Any]]:
-  """The rows of WORKDIR/results.jsonl, one per finished run."""
+  """The rows of WORKDIR/results.jsonl, one per finished run, each with its 'workdir'."""
   if not os.path.isdir(workdir):
     raise ValueError(f'workdir {workdir!r} does not exist; give the --workdir a sweep wrote '
                      '(python run.py ... --workdir=DIR).')
@@ -60,7 +63,7 @@ def load_rows(workdir: str) -> list[dict[str, Any]]:
     for number, line in enumerate(f, start=1):
       if line.strip():
         try:
-          rows.append(json.loads(line))
+          rows.append({**json.loads(line), 'workdir': workdir})
         except ValueError as e:
           raise ValueError(f'{path} line {number} is not JSON ({e}); rewrite the file with '
                            'python run.py <the sweep\'s flags> --merge.') from e
@@ -81,8 +84,40 @@ def swept_fields(workdir: str, rows: list[dict[str, Any]]) -> list[str]:
                        'which fields were swept. Restore it, or move it away to treat every '
                        'config field that varies between runs as swept.') from None
     return [k for k in axes if any(k in r for r in rows)]
+  return _varying(rows)
+
+
+def _varying(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """The config fields whose value is not the same in every row."""
   keys = dict.fromkeys(k for r in rows for k in r if k in cli.FIELDS)
   return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
+
+
+def load_sweeps(workdirs: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+  """The rows of every workdir and the fields a configuration is made of.
+
+  One workdir: its `swept_fields`. Several: every workdir's swept fields, then
+  the fields that differ between workdirs (so two sweeps that differ in several
+  fields at once become two configurations). A run found in two workdirs (the
+  same run id: the same config and seed) is refused, since it would be paired
+  with itself.
+  """
+  if len(set(workdirs)) != len(workdirs):
+    raise ValueError(f'workdirs {", ".join(workdirs)}: one is given twice; give each once.')
+  rows, fields, seen = [], {}, {}
+  for workdir in workdirs:
+    mine = load_rows(workdir)
+    for row in mine:
+      if row['run_id'] in seen:
+        raise ValueError(f'run {row["run_id"]} (seed {row.get("seed")}) is in both '
+                         f'{seen[row["run_id"]]} and {workdir}: the same configuration and '
+                         'seed trained twice. Report on workdirs that hold each run once.')
+      seen[row['run_id']] = workdir
+    fields.update(dict.fromkeys(swept_fields(workdir, mine)))
+    rows += mine
+  if len(workdirs) > 1:
+    fields.update(dict.fromkeys(_varying(rows)))
+  return rows, list(fields)
 
 
 def load_curves(workdir: str, runs: Sequence[dict[str, Any]], key: str
@@ -203,7 +238,8 @@ def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[Gr
     if twin is not None:
       raise ValueError(f'configuration {group.label} has two runs with seed {row.get("seed")} '
                        f'({twin["run_id"]} and {row["run_id"]}), so runs cannot be paired by '
-                       'seed; report on a workdir that holds one sweep.')
+                       'seed; report on a workdir that holds one sweep (or on workdirs that '
+                       'differ in some field).')
     group.runs.append(row)
   return list(groups.values())
 
@@ -561,8 +597,9 @@ def build(rows: Sequence[dict[str, Any]], fields: Sequence[str], opts: Options) 
   return Report('\n'.join(lines) + '\n', notes, compared, baseline, results)
 
 
-def write(report: Report, workdir: str, out: str, margin: float, metric: str) -> str:
-  """Writes the plots and report.md into `out`; returns report.md's text."""
+def write(report: Report, out: str, margin: float, metric: str) -> str:
+  """Writes the plots and report.md into `out` (curves from each run's own
+  workdir); returns report.md's text."""
   from lenet_jax import plots  # pylint: disable=import-outside-toplevel
   os.makedirs(out, exist_ok=True)
   figures = []
@@ -570,7 +607,11 @@ def write(report: Report, workdir: str, out: str, margin: float, metric: str) ->
   for g in report.groups:
     name = g.label + ''.join(f' (chosen {cli.flag_name(k)}={show(v)})'
                              for k, v in (g.chosen or {}).items())
-    curves, missing = load_curves(workdir, g.ok(), 'val_acc')
+    curves, missing = [], []
+    for run in g.ok():
+      found, absent = load_curves(run['workdir'], [run], 'val_acc')
+      curves += found
+      missing += absent
     if missing:
       report.notes.append(f'{g.label}: no metrics.jsonl for run(s) {", ".join(missing)}; they are '
                    'not in curves.png.')
@@ -600,7 +641,10 @@ def _parser() -> argparse.ArgumentParser:
       prog='python -m lenet_jax.report',
       description='Tables, paired comparisons with Holm and TOST, and plots for a sweep\'s '
                   'workdir.')
-  parser.add_argument('workdir', help='the --workdir a sweep (python run.py ...) wrote')
+  parser.add_argument('workdir', nargs='+',
+                      help='the --workdir a sweep (python run.py ...) wrote; several are '
+                           'reported as one sweep whose configurations also differ in the '
+                           'fields that differ between them')
   parser.add_argument('--baseline', required=True,
                       help="the configuration the others are compared with, in run.py's "
                            "flag syntax: 'channels=6,16', several fields separated by ';'")
@@ -613,24 +657,30 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--margin', type=float, default=0.005,
                       help='equivalence margin, in units of --metric, stated before looking')
   parser.add_argument('--alpha', type=float, default=0.05, help='family-wise error rate')
-  parser.add_argument('--out', default=None, help='output directory (default WORKDIR/report)')
+  parser.add_argument('--out', default=None,
+                      help='output directory (default WORKDIR/report; required with several '
+                           'workdirs)')
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = _parser().parse_args(argv)
-  opts = Options(args.workdir, args.baseline, args.metric, args.select_on, args.tune,
+  opts = Options(' '.join(args.workdir), args.baseline, args.metric, args.select_on, args.tune,
                  args.margin, args.alpha, shlex.join(['python', '-m', 'lenet_jax.report', *argv]))
-  out = args.out or os.path.join(args.workdir, 'report')
+  if args.out is None and len(args.workdir) > 1:
+    print(f'error: {len(args.workdir)} workdirs and no --out: say where the report goes '
+          '(--out=DIR), since it belongs to none of them alone.', file=sys.stderr)
+    return 2
+  out = args.out or os.path.join(args.workdir[0], 'report')
   try:
-    rows = load_rows(args.workdir)
-    report = build(rows, swept_fields(args.workdir, rows), opts)
+    rows, fields = load_sweeps(args.workdir)
+    report = build(rows, fields, opts)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   try:
-    text = write(report, args.workdir, out, args.margin, args.metric)
+    text = write(report, out, args.margin, args.metric)
   except OSError as e:
     print(f'error: cannot write the report to --out={out} ({e.strerror}); choose another '
           'directory.', file=sys.stderr)

@@ -201,6 +201,59 @@ def test_the_command_exits_2_without_a_traceback(sweep_dir, tmp_path):
   assert '--merge' in proc.stderr
 
 
+def _one_configuration(sweep_dir, workdir, channels, lr):
+  """A workdir holding one configuration of the fixture's sweep, as run.py writes a sweep
+  of single values (sweep.json with no axes)."""
+  rows = [r for r in _rows(sweep_dir)
+          if r['model.channels'] == channels and r['optim.learning_rate'] == lr]
+  os.makedirs(workdir / 'runs')
+  for r in rows:
+    shutil.copytree(sweep_dir / 'runs' / r['run_id'], workdir / 'runs' / r['run_id'])
+  (workdir / 'results.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  sweep = json.loads((sweep_dir / 'sweep.json').read_text())
+  (workdir / 'sweep.json').write_text(json.dumps({**sweep, 'axes': {}}))
+  return rows
+
+
+def test_several_workdirs_are_one_sweep_whose_configurations_differ_between_them(
+    sweep_dir, tmp_path):
+  """Arms that change two fields together (not a Cartesian product) live in two
+  workdirs; reported together, each is a configuration and they pair by seed."""
+  base = _one_configuration(sweep_dir, tmp_path / 'a', '4,8', 0.001)
+  arm = _one_configuration(sweep_dir, tmp_path / 'b', '6,8', 0.003)
+  out = tmp_path / 'out'
+  proc = _report(tmp_path / 'a', tmp_path / 'b', '--baseline=channels=4,8', f'--out={out}')
+  assert proc.returncode == 0, proc.stderr
+  text = (out / 'report.md').read_text()
+  assert 'swept: channels (2 values), learning_rate (2 values)' in text
+  assert 'Holm over the 1 comparison(s) made' in text
+  by_seed = lambda rows: {r['seed']: r['test_acc'] for r in rows}
+  [c] = stats.compare([stats.paired_t([by_seed(arm)[s] for s in SEEDS],
+                                      [by_seed(base)[s] for s in SEEDS])], 0.005, 0.05)
+  line = next(l for l in text.splitlines()
+              if l.startswith('| channels=6,8; learning_rate=0.003 | 3 |'))
+  assert f'{c.test.estimate:+.4f}' in line and f'**{c.verdict}**' in line
+  assert 'no metrics.jsonl' not in text  # each run's curve read from its own workdir
+  assert _is_png(out / 'curves.png') and _is_png(out / 'forest.png')
+
+
+def test_several_workdirs_need_an_out_and_each_run_once(sweep_dir, tmp_path, capsys):
+  _one_configuration(sweep_dir, tmp_path / 'a', '4,8', 0.001)
+  shutil.copytree(tmp_path / 'a', tmp_path / 'copy')
+  cases = [([tmp_path / 'a', tmp_path / 'copy', f'--out={tmp_path / "out"}'],
+            'is in both {a} and {copy}: the same configuration and seed trained twice'),
+           ([tmp_path / 'a', tmp_path / 'a', f'--out={tmp_path / "out"}'],
+            'one is given twice'),
+           ([tmp_path / 'a', sweep_dir], '2 workdirs and no --out')]
+  for args, message in cases:
+    status = report.main([str(a) for a in args] + ['--baseline=channels=4,8'])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert message.format(a=tmp_path / 'a', copy=tmp_path / 'copy') in err, err
+    assert err.startswith('error: ') and err.count('\n') == 1
+  assert not (tmp_path / 'out').exists()
+
+
 def test_values_match_however_they_are_written():
   assert report.canonical('model.channels', '6,16') == (6, 16)
   assert report.canonical('model.channels', [6, 16]) == (6, 16)
