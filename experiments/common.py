@@ -343,8 +343,9 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
                extra: Callable[[loop.RunResult], dict[str, float]] | None = None,
                max_minutes: float | None = None, group_size: int = len(FULL_SEEDS) * 3,
                say: Callable[[str], None] = print,
-               total: int | None = None) -> list[dict[str, Any]]:
-  """Trains the runs of `plan` that have not finished; returns the rows of those that have.
+               total: int | None = None) -> tuple[list[dict[str, Any]], int]:
+  """Trains the runs of `plan` that have not finished; returns the rows of those that
+  have, and how many of them this call trained.
 
   Groups (one architecture and recipe, up to `group_size` runs: an arm's
   seeds at every rate of its grid share one program) train one after another, each run
@@ -373,7 +374,7 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
   say(f'{len(plan)} runs ({len(plan) - len(todo)} already finished in {workdir}); '
       f'{epochs} epochs each')
   batches = sweep_lib.groups([run.config for run in todo], max_models=group_size)
-  trained_epochs, trained_seconds = 0, 0.0
+  trained_epochs, trained_seconds, trained_runs = 0, 0.0, 0
   for g, members in enumerate(batches, start=1):
     group_start = time.monotonic()
     checkpoint_dirs = [os.path.join(sweep_lib.run_dir(workdir, c), 'checkpoints')
@@ -392,6 +393,7 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
       row['arm'] = arm_of[row['run_id']]
       rows[row['run_id']] = row
     sweep_lib.write_results(workdir, ordered())
+    trained_runs += len(members)
     trained_epochs += len(members) * epochs
     trained_seconds += time.monotonic() - group_start
     per_epoch = trained_seconds / trained_epochs
@@ -409,7 +411,7 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
       break
   if rows:
     sweep_lib.write_results(workdir, ordered())
-  return ordered()
+  return ordered(), trained_runs
 
 
 # ----------------------------------------------------------------------------
@@ -822,8 +824,21 @@ def _training_time(rows) -> str:
           f'shared the machine count their slower time{untimed}).')
 
 
+def _invocation(seconds: float, trained: int, rows: Sequence[dict[str, Any]]) -> str:
+  """What this invocation did, so a report regenerated from finished runs does not
+  read as if the experiment took its few seconds."""
+  where = f'{seconds / 60:.1f} minutes on {os.cpu_count()} CPU core(s)'
+  if not rows:
+    return f'This invocation took {where}.'
+  if not trained:
+    return (f'This invocation trained no run: it wrote this report from runs finished '
+            f'before, in {where}.')
+  return f'This invocation trained {trained} of the {len(rows)} runs, in {where}.'
+
+
 def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], command: str,
-                 seconds: float, check: bool = False, strays: Sequence[str] = ()) -> str:
+                 seconds: float, check: bool = False, strays: Sequence[str] = (),
+                 trained: int = 0) -> str:
   lines = [f'# {module.TITLE}', '', f'**Question.** {module.QUESTION}', '']
   if ctx.quick:
     lines += [f'> QUICK MODE: {QUICK_EPOCHS} epoch on at most {QUICK_TRAIN_EXAMPLES:,} '
@@ -848,7 +863,7 @@ def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], comm
   for title, body in sections:
     lines += [f'## {title}', '', body.strip(), '']
   lines += ['## Reproduce', '', f'```\n{command}\n```', '',
-            f'This invocation took {seconds / 60:.1f} minutes on {os.cpu_count()} CPU core(s).' +
+            _invocation(seconds, trained, ctx.rows) +
             (f' {_training_time(ctx.rows)} Per-run configs and metrics are under `runs/`, one '
              'row per run in `results.csv`.' if ctx.rows else ''), '']
   if strays:
@@ -917,7 +932,7 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
   labels = [a.label for a in arms]
   command = command or (f'python -m experiments {module.NAME}' + (' --quick' if quick else ''))
   margin = getattr(module, 'MARGIN', MARGIN)
-  dataset, rows, plan, tuning = None, [], [], None
+  dataset, rows, plan, tuning, trained = None, [], [], None, 0
   if module.TRAINS:
     dataset = data_lib.load(base_cfg.data)
     if quick:
@@ -934,8 +949,10 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
         plan = make_plan(arms, base_cfg, seeds, tune_seeds, dataset, quick, grids, chosen)
         total = sum(planned_total(arms, base_cfg, seeds, tune_seeds, quick, grids).values())
         left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
-        rows = train_plan(plan, dataset, workdir, getattr(module, 'KEEP_PARAMS', ()), extra,
-                          left, group_size, say, total)
+        rows, just_trained = train_plan(plan, dataset, workdir,
+                                        getattr(module, 'KEEP_PARAMS', ()), extra, left,
+                                        group_size, say, total)
+        trained += just_trained
         state = tuning_grids(arms, base_cfg, quick, rows, tuning)
         if state == (grids, chosen) or (max_minutes is not None and
                                         time.perf_counter() - start >= 60 * max_minutes):
@@ -952,7 +969,7 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
   ctx = Context(quick, workdir, dataset, arms, base_cfg, rows, selected, outcomes, margin)
   sections = module.analyse(ctx)
   text = write_report(ctx, module, sections, command, time.perf_counter() - start, check,
-                      stray_runs(workdir, plan))
+                      stray_runs(workdir, plan), trained)
   progress = os.path.join(workdir, 'progress.md')
   if os.path.exists(progress):
     os.remove(progress)

@@ -106,10 +106,15 @@ def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
   assert kept[0].is_file()
   assert not (workdir / 'progress.md').exists() and (workdir / 'report.md').is_file()
   assert f'Its {second.total} runs trained for ' in second.text  # summed from the records
+  # the runs the first call left, and the one whose parameter file was lost
+  trained = second.total - per_group + 1
+  assert f'This invocation trained {trained} of the {second.total} runs, in ' in second.text
   # Complete: a third call trains nothing and writes the same report.
   third = common.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
                      say=said.append)
-  strip = lambda t: [l for l in t.splitlines() if not l.startswith('This invocation took')]
+  assert 'This invocation trained no run: it wrote this report from runs finished before' in (
+      third.text)
+  strip = lambda t: [l for l in t.splitlines() if not l.startswith('This invocation')]
   assert strip(third.text) == strip(second.text)
   assert 'Not part of this experiment' not in third.text
   # A run directory outside the plan is named in the report, and left alone.
