@@ -8,15 +8,15 @@ A configuration is one value of every swept field (sweep.json's axes; for a
 workdir without one, the config fields that vary between runs; with several
 workdirs, both, plus the fields that differ between them, so arms that are not
 one Cartesian product, such as fields changed together, are compared as one
-sweep); its runs are its seeds. Every configuration is compared with the baseline on `--metric`
-by a paired t test on the per-seed differences (runs of the same seed), the
-comparisons corrected together with Holm, and an equivalence test (TOST)
-against `--margin`; `stats.compare` has the rules. With `--tune`, each
-configuration first picks the value of the tuned field with the best mean
-`--select_on` (validation, never test) over its seeds.
+sweep); its runs are its seeds. Every configuration is compared with the
+baseline on `--metric` by a paired t test on the per-seed differences (runs of
+the same seed), the comparisons corrected together with Holm, and an
+equivalence test (TOST) against `--margin`; `stats.compare` has the rules. With
+`--tune`, each configuration first picks the value of the tuned field with the
+best mean `--select_on` (validation, never test) over its seeds.
 
-Writes report.md, curves.png and forest.png to --out (default
-WORKDIR/report for one workdir) and prints report.md. The functions below are pure (rows in,
+Writes report.md, curves.png and forest.png to --out (default WORKDIR/report
+for one workdir) and prints report.md. The functions below are pure (rows in,
 tables out) except `load_rows`, `load_sweeps`, `load_curves`, `write` and `main`.
 """
 import argparse
