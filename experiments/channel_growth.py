@@ -28,7 +28,7 @@ METHOD = ('Train the note\'s network (5x5 convs, pad 2 then valid, max pooling, 
           '120-84-10) with the first and second conv layer\'s channel counts varied: '
           'c1 in {3, 6, 16} x c2 in {6, 16, 32}, plus 10 -> 10, which with 6 -> 16 '
           'and 16 -> 6 compares growing, constant and shrinking at a matched conv '
-          'parameter budget. Every arm is compared with 6 -> 16. ' + common.protocol())
+          'parameter budget. Every arm is compared with 6 -> 16.')
 TRAINS = True
 REFERENCE = '6->16'
 HEADLINE = ('16->6', '10->10', '16->32')

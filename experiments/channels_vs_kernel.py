@@ -28,7 +28,7 @@ METHOD = ('Two families of the note\'s network with \'same\' padding in both blo
           '6 -> 16; (c) a global-average-pooling head, whose dense layers do not change '
           'with the channel count, at 5x5 6 -> 16 and for kernels 3 and 7 with widths '
           'matched to it once on total parameters and once on FLOPs. (a) and (b) are '
-          'compared with 5x5 at 6 -> 16, (c) with the gap 5x5 at 6 -> 16. ' + common.protocol())
+          'compared with 5x5 at 6 -> 16, (c) with the gap 5x5 at 6 -> 16.')
 TRAINS = True
 REFERENCE = 'k5 6->16'
 HEADLINE = ('k3 6->16', 'k9 6->16', 'k1 6->16')

@@ -35,7 +35,7 @@ METHOD = ('Arms over the note\'s network (5x5 convs, 6 -> 16, dense 120-84-10). 
           'random by up to 2 pixels, and mean-conv arms compensated (initial kernels x25, '
           'kernel learning rate x25 for Adam, x625 for SGD), expected to match the sum '
           'conv within the margin. Each claim has its own '
-          'reference (below); all comparisons share one Holm family. ' + common.protocol())
+          'reference (below); all comparisons share one Holm family.')
 TRAINS = True
 HEADLINE = ('relu, conv mean', 'relu + batch norm', 'avg pool')
 D2L_RATES = (0.3, 0.9, 2.7)

@@ -3,6 +3,8 @@
 An experiment module declares `NAME`, `TITLE`, `QUESTION`, `METHOD`, `TRAINS`,
 `arms(quick)` (the configurations it compares, as overrides of `base(quick)`)
 and `analyse(ctx)` (the report's own sections, written from `ctx`'s verdicts).
+`METHOD` says what is particular to the experiment; a training experiment's
+report appends `protocol`, the shared budget, tuning and statistics.
 Optional: `REFERENCE` (the arm the others are compared with; default the
 first), `contrasts(labels)` (the comparisons, default every arm against the
 reference on test accuracy), `MARGIN` (the equivalence margin, declared before
@@ -573,9 +575,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return report_lib.markdown_table(header, rows)
 
 
-def protocol(margin: float = MARGIN) -> str:
-  """The study's method, for each module's METHOD."""
-  return (f'Budget: {FULL_EPOCHS} epochs (cosine schedule), seeds '
+def protocol(epochs: int = FULL_EPOCHS, margin: float = MARGIN) -> str:
+  """The study's method, after each training module's METHOD.
+
+  `epochs` is what this report's runs trained (a headline check trains
+  `CHECK_EPOCHS`), so the method never states a budget its runs did not get.
+  """
+  return (f'Budget: {epochs} epochs (cosine schedule), seeds '
           f'{FULL_SEEDS[0]}-{FULL_SEEDS[-1]} ({len(FULL_SEEDS)} seeds). Each arm\'s learning '
           f'rate is tuned on seeds {FULL_SEEDS[0]}-{FULL_SEEDS[TUNE_SEEDS - 1]}, which train at '
           'every rate of its grid (by default its recipe\'s rate x '
@@ -791,6 +797,8 @@ def headline_section(module, ctx: Context) -> str | None:
 def method_text(module, ctx: Context) -> str:
   parts = [f'**Method.** {module.METHOD}']
   cfg = ctx.base_config
+  if module.TRAINS:
+    parts.append(protocol(cfg.epochs if cfg is not None else FULL_EPOCHS, ctx.margin))
   if cfg is not None and ctx.rows:
     parts.append(
         f'This run: base recipe {cfg.model.activation}, {cfg.optim.optimizer} '

@@ -25,7 +25,7 @@ METHOD = ('Output widths for n = 28, kernels m = 2..7 and symmetric padding d = 
           'the test images moved by one pixel (zero fill), measured when each run ends. '
           'Comparisons: each kernel against 3x3 on test accuracy, and within each arm '
           'image-moved-down against moved-up and moved-right against moved-left (paired by '
-          'seed on the same runs). ' + common.protocol())
+          'seed on the same runs).')
 TRAINS = True
 REFERENCE = '3x3 same'
 HEADLINE = ('2x2 same', '4x4 same')

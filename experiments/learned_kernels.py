@@ -32,7 +32,7 @@ METHOD = ('The note\'s network with the default recipe, trained normally (the re
           'and with both conv layers frozen (random convolutional features, trained dense '
           'layers). How far conv1 moved, ||W_trained - W_init|| / ||W_init||, is measured '
           'on every run; kernels and feature maps are shown for seed 0 of the normally '
-          'trained arm at its selected rate. ' + common.protocol(MARGIN))
+          'trained arm at its selected rate.')
 TRAINS = True
 KEEP_PARAMS = (0,)  # seed 0's final parameters, for the kernel and feature-map plots
 REFERENCE = 'all layers learned'

@@ -28,7 +28,7 @@ METHOD = ('The note\'s network with each block\'s single 5x5 conv replaced by tw
           'and receptive fields are analytic; accuracy is measured, every arm against the '
           'one 5x5. A pair with a global-average-pooling head (one 3x3 against one 5x5 per '
           'block, the same dense layers whatever the map size) separates the kernel from '
-          'the flatten width. ' + common.protocol())
+          'the flatten width.')
 TRAINS = True
 REFERENCE = 'one 5x5 per block (note)'
 HEADLINE = ('two 3x3 per block', 'one 3x3 per block')

@@ -49,8 +49,11 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
     return
   assert 'QUICK MODE' in text and f'idx:{idx_dir}' in text
   assert 'img/s' not in text  # throughput is not reported
-  for words in ('Budget: 15 epochs', '10 seeds', 'paired by seed', 'Holm', 'TOST'):
-    assert words in module.METHOD, words
+  # The method states the budget these runs trained, not the full study's.
+  assert f'Budget: {common.QUICK_EPOCHS} epochs' in text
+  assert f'Budget: {common.FULL_EPOCHS} epochs' not in text
+  for words in ('10 seeds', 'paired by seed', 'Holm', 'TOST'):
+    assert words in common.protocol(), words
   with open(workdir / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   arms = min(len(module.arms(True)), common.QUICK_ARMS)
@@ -254,6 +257,18 @@ def test_a_headline_check_of_an_experiment_without_headlines_is_refused(tmp_path
   module = importlib.import_module('experiments.shapes')
   with pytest.raises(ValueError, match='declares no HEADLINE'):
     common.run(module, str(tmp_path), quick=True, epochs=30, check=True)
+
+
+def test_a_headline_check_states_the_budget_it_trained(idx_dir, tmp_path):
+  """A check at more epochs says so in its method, not the full study's 15."""
+  data.load.cache_clear()
+  module = importlib.import_module('experiments.learned_kernels')
+  status = common.run(module, str(tmp_path), quick=True, data_overrides=overrides(idx_dir),
+                      epochs=2, check=True, say=lambda _: None)
+  assert status.complete
+  text = (tmp_path / 'report.md').read_text()
+  assert '> HEADLINE CHECK' in text and 'Budget: 2 epochs (cosine schedule)' in text
+  assert f'Budget: {common.FULL_EPOCHS} epochs' not in text
 
 
 def test_the_command_line_is_quiet_and_stops_cleanly_on_sigterm(tmp_path):
