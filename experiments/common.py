@@ -849,7 +849,8 @@ def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], comm
                  trained: int = 0) -> str:
   lines = [f'# {module.TITLE}', '', f'**Question.** {module.QUESTION}', '']
   if ctx.quick:
-    lines += [f'> QUICK MODE: {QUICK_EPOCHS} epoch on at most {QUICK_TRAIN_EXAMPLES:,} '
+    epochs = ctx.base_config.epochs if ctx.base_config is not None else QUICK_EPOCHS
+    lines += [f'> QUICK MODE: {epochs} epoch(s) on at most {QUICK_TRAIN_EXAMPLES:,} '
               f'training examples, {len(QUICK_SEEDS)} seeds, {QUICK_RATES} learning rates, at '
               f'most {QUICK_ARMS} arms. These numbers test the pipeline and answer nothing.', '']
   if check:

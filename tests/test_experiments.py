@@ -268,6 +268,7 @@ def test_a_headline_check_states_the_budget_it_trained(idx_dir, tmp_path):
   assert status.complete
   text = (tmp_path / 'report.md').read_text()
   assert '> HEADLINE CHECK' in text and 'Budget: 2 epochs (cosine schedule)' in text
+  assert '> QUICK MODE: 2 epoch(s) on' in text
   assert f'Budget: {common.FULL_EPOCHS} epochs' not in text
 
 
