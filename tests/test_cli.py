@@ -59,6 +59,9 @@ def test_flag_syntax(parsed):
   assert sweep.base.model.dense == ()
   assert sweep.seeds == (10, 11, 12)
   assert parsed('--recipe=d2l').base == config_lib.d2l()
+  # frozen is one whole value per flag: both layers frozen, not a sweep over them
+  both = parsed('--frozen=block1_conv1,block2_conv1')
+  assert both.axes == {} and both.base.optim.frozen == ('block1_conv1', 'block2_conv1')
 
 
 @pytest.mark.parametrize('args, message', [

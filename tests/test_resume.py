@@ -275,6 +275,14 @@ def test_a_vmap_sweep_killed_mid_group_resumes_to_the_uninterrupted_results(idx_
                       for r in rows}
   assert key(_rows(os.path.join(killed, 'results.csv'))) == key(
       _rows(os.path.join(clean, 'results.csv')))
+  runs = sorted(os.listdir(os.path.join(clean, 'runs')))
+  assert len(runs) == 4 and runs == sorted(os.listdir(os.path.join(killed, 'runs')))
+  for run in runs:  # every member's final parameters, bitwise
+    want, got = (RunCheckpoints(os.path.join(w, 'runs', run, 'checkpoints')).final_params()
+                 for w in (clean, killed))
+    for layer in want:
+      for name in want[layer]:
+        np.testing.assert_array_equal(got[layer][name], want[layer][name])
 
 
 # Execs the command with SIGINT at its default, as in a terminal: a pytest started

@@ -53,6 +53,18 @@ def test_same_seed_same_parameters_and_different_seed_differs():
   assert not np.array_equal(a.params['dense1']['kernel'], c.params['dense1']['kernel'])
 
 
+def test_runs_trained_in_turn_are_bitwise_the_runs_trained_alone():
+  ds = tiny_dataset()
+  configs = [tiny_config(epochs=2, seed=0),
+             tiny_config(epochs=2, seed=1, **{'optim.learning_rate': 1e-3})]
+  in_turn = loop.train_group(configs, ds, vmap=False)
+  for cfg, res in zip(configs, in_turn):
+    [alone] = loop.train_group([cfg], ds)
+    assert [h['train_loss'] for h in alone.history] == [h['train_loss'] for h in res.history]
+    for x, y in zip(jax.tree.leaves(alone.params), jax.tree.leaves(res.params)):
+      np.testing.assert_array_equal(x, y)
+
+
 def test_vmapped_runs_train_as_they_would_alone():
   ds = tiny_dataset()
   configs = [tiny_config(epochs=2, seed=0),
