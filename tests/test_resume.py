@@ -414,7 +414,9 @@ def test_merge_and_empty_shards_never_name_a_file_they_did_not_write(idx_dir, tm
 def test_a_full_disk_is_named_and_what_finished_is_kept(idx_dir, tmp_path):
   mount = tmp_path / 'small'
   mount.mkdir()
-  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs', str(mount)],
+  # A finished run keeps about 360 kB (its last checkpoint included) and needs more
+  # while saving; 1200 kB holds the first run with room to spare under load, 8 never.
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1200k', 'tmpfs', str(mount)],
                         capture_output=True, text=True)
   assert done.returncode == 0, f'this test mounts a small tmpfs, as root: {done.stderr}'
   try:
