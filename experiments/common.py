@@ -514,7 +514,7 @@ class Context:
   workdir: str
   dataset: data_lib.Dataset | None
   arms: list[Arm]
-  base_config: Config | None
+  base_config: Config  # the recipe every arm overrides, with this run's epochs and data
   rows: list[dict[str, Any]]  # every run, every rate, with 'arm'
   selected: dict[str, Named]  # arm label -> its runs at the chosen rate
   outcomes: list[Outcome]  # the experiment's comparisons, Holm-corrected together
@@ -798,8 +798,8 @@ def method_text(module, ctx: Context) -> str:
   parts = [f'**Method.** {module.METHOD}']
   cfg = ctx.base_config
   if module.TRAINS:
-    parts.append(protocol(cfg.epochs if cfg is not None else FULL_EPOCHS, ctx.margin))
-  if cfg is not None and ctx.rows:
+    parts.append(protocol(cfg.epochs, ctx.margin))
+  if ctx.rows:
     parts.append(
         f'This run: base recipe {cfg.model.activation}, {cfg.optim.optimizer} '
         f'({cfg.optim.schedule}), batch {cfg.batch_size}, {cfg.epochs} epoch(s), init '
@@ -849,10 +849,9 @@ def write_report(ctx: Context, module, sections: Sequence[tuple[str, str]], comm
                  trained: int = 0) -> str:
   lines = [f'# {module.TITLE}', '', f'**Question.** {module.QUESTION}', '']
   if ctx.quick:
-    epochs = ctx.base_config.epochs if ctx.base_config is not None else QUICK_EPOCHS
-    lines += [f'> QUICK MODE: {epochs} epoch(s) on at most {QUICK_TRAIN_EXAMPLES:,} '
-              f'training examples, {len(QUICK_SEEDS)} seeds, {QUICK_RATES} learning rates, at '
-              f'most {QUICK_ARMS} arms. These numbers test the pipeline and answer nothing.', '']
+    lines += [f'> QUICK MODE: {ctx.base_config.epochs} epoch(s) on at most '
+              f'{QUICK_TRAIN_EXAMPLES:,} training examples, {len(QUICK_SEEDS)} seeds, '
+              f'{QUICK_RATES} learning rates, at most {QUICK_ARMS} arms. These numbers test the pipeline and answer nothing.', '']
   if check:
     lines += ['> HEADLINE CHECK: only the headline arms and their references, at the '
               'settings in the method line below; the main report compares its verdicts.', '']

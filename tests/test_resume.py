@@ -54,8 +54,19 @@ def _kill_when(cmd, ready, timeout=300):
 
 
 def _final_params(workdir):
-  [run] = glob.glob(os.path.join(workdir, 'runs', '*'))
-  return RunCheckpoints(os.path.join(run, 'checkpoints')).final_params()
+  """run id -> that run's final parameters, for every run in `workdir`."""
+  runs = glob.glob(os.path.join(workdir, 'runs', '*'))
+  return {os.path.basename(run): RunCheckpoints(os.path.join(run, 'checkpoints')).final_params()
+          for run in runs}
+
+
+def _assert_same_params(want, got):
+  """The same runs, each with bitwise the same final parameters."""
+  assert want and sorted(got) == sorted(want)
+  for run, layers in want.items():
+    for layer in layers:
+      for name in layers[layer]:
+        np.testing.assert_array_equal(got[run][layer][name], layers[layer][name])
 
 
 def test_sigkill_in_an_epoch_then_rerun_gives_identical_parameters(idx_dir, tmp_path):
@@ -67,10 +78,9 @@ def test_sigkill_in_an_epoch_then_rerun_gives_identical_parameters(idx_dir, tmp_
   assert not glob.glob(os.path.join(killed, 'runs', '*', 'final.json'))
   proc = _run(cmd)
   assert proc.returncode == 0, proc.stderr
-  want, got = _final_params(clean), _final_params(killed)
-  for layer in want:
-    for name in want[layer]:
-      np.testing.assert_array_equal(got[layer][name], want[layer][name])
+  want = _final_params(clean)
+  assert len(want) == 1
+  _assert_same_params(want, _final_params(killed))
   assert _rows(os.path.join(killed, 'results.csv'))[0]['test_acc'] == _rows(
       os.path.join(clean, 'results.csv'))[0]['test_acc']
 
@@ -275,14 +285,9 @@ def test_a_vmap_sweep_killed_mid_group_resumes_to_the_uninterrupted_results(idx_
                       for r in rows}
   assert key(_rows(os.path.join(killed, 'results.csv'))) == key(
       _rows(os.path.join(clean, 'results.csv')))
-  runs = sorted(os.listdir(os.path.join(clean, 'runs')))
-  assert len(runs) == 4 and runs == sorted(os.listdir(os.path.join(killed, 'runs')))
-  for run in runs:  # every member's final parameters, bitwise
-    want, got = (RunCheckpoints(os.path.join(w, 'runs', run, 'checkpoints')).final_params()
-                 for w in (clean, killed))
-    for layer in want:
-      for name in want[layer]:
-        np.testing.assert_array_equal(got[layer][name], want[layer][name])
+  want = _final_params(clean)  # every member's final parameters, bitwise
+  assert len(want) == 4
+  _assert_same_params(want, _final_params(killed))
 
 
 # Execs the command with SIGINT at its default, as in a terminal: a pytest started
@@ -331,6 +336,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_exactly(idx_dir, tmp_path):
   clean = str(tmp_path / 'clean')
   assert _run(_cmd(idx_dir, clean, '--epochs=12')).returncode == 0
   want = _final_params(clean)
+  assert len(want) == 1
   for sig in (signal.SIGINT, signal.SIGTERM):
     stopped = str(tmp_path / sig.name)
     cmd = _cmd(idx_dir, stopped, '--epochs=12')
@@ -344,10 +350,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_exactly(idx_dir, tmp_path):
     assert 'Traceback' not in stderr
     assert not glob.glob(os.path.join(stopped, '**', '*.tmp[0-9]*'), recursive=True)
     assert _run(cmd).returncode == 0
-    got = _final_params(stopped)
-    for layer in want:
-      for name in want[layer]:
-        np.testing.assert_array_equal(got[layer][name], want[layer][name])
+    _assert_same_params(want, _final_params(stopped))
 
 
 def test_damaged_result_files_are_rebuilt_or_retrained(idx_dir, tmp_path):
