@@ -16,6 +16,12 @@ CONV_REDUCTIONS = ('sum', 'mean')
 INITS = ('lecun', 'xavier', 'he', 'torch')
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
+# Compute precision of convolutions and matrix multiplies: 'default' is the
+# backend's (float32 on the CPU; TF32 tensor cores for float32 on recent
+# NVIDIA GPUs), 'float32' full float32 everywhere, 'tf32' TF32 where the
+# hardware has it, 'bfloat16' bfloat16 inputs with float32 accumulation and
+# float32 parameters.
+PRECISIONS = ('default', 'float32', 'tf32', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,7 @@ class ModelConfig:
   init: str = 'lecun'  # kernel initialiser: lecun, xavier, he, torch
   conv_init_scale: float = 1.0  # multiplies every conv's initial kernel
   conv_impl: str = 'auto'  # 'native' (fastest on CPU), 'patches', 'xla'; 'auto' per backend
+  precision: str = 'default'  # conv/dense compute: default (backend's), float32, tf32, bfloat16
 
   def blocks(self) -> list[tuple[int, int, str | int, int]]:
     """(channels, kernel, padding, convs) per block; a 1-entry field broadcasts."""
@@ -92,7 +99,10 @@ class Config:
   data: DataConfig = DataConfig()
   batch_size: int = 256  # training batch; the remainder batch is dropped
   eval_batch_size: int = 1000  # evaluation batch; every example counts once
-  epochs: int = 15  # passes over the training set
+  epochs: int = 15  # passes over the training set (the most a run trains)
+  # Stop a run once its validation accuracy has not improved for this many
+  # epochs (None: train every epoch). Every run also records its best epoch.
+  patience: int | None = None
   seed: int = 0  # one root key: initialisation and data order
 
 
@@ -157,6 +167,26 @@ def override(config: Config, overrides: dict[str, Any]) -> Config:
 
 def to_dict(config: Config) -> dict[str, Any]:
   return dataclasses.asdict(config)
+
+
+# Fields added after runs were first recorded, with their defaults. At the
+# default they are left out of a run's identity (its id, the config a finished
+# run is checked against, the sweep a workdir records), so every run recorded
+# before a field existed keeps its id and is found finished.
+LATER_FIELDS: dict[str, Any] = {'patience': None, 'model.precision': 'default'}
+
+
+def identity(config: Config | dict[str, Any]) -> dict[str, Any]:
+  """The config as a JSON-ready dict, without LATER_FIELDS at their defaults."""
+  import json  # pylint: disable=import-outside-toplevel
+  d = to_dict(config) if isinstance(config, Config) else config
+  d = json.loads(json.dumps(d, default=str))
+  for key, default in LATER_FIELDS.items():
+    *section, name = key.split('.')
+    holder = d.get(section[0], {}) if section else d
+    if name in holder and holder[name] == default:
+      del holder[name]
+  return d
 
 
 def from_dict(d: dict[str, Any]) -> Config:

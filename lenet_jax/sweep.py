@@ -106,7 +106,7 @@ def shard(configs: Sequence[Config], max_models: int, num_shards: int,
 
 def run_id(cfg: Config) -> str:
   """A stable name from a hash of the full configuration."""
-  blob = json.dumps(config_lib.to_dict(cfg), sort_keys=True, default=str)
+  blob = json.dumps(config_lib.identity(cfg), sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -189,7 +189,8 @@ def read_finished(workdir: str, cfg: Config,
   if not isinstance(row, dict) or row.get('run_id') != rid:
     got = row.get('run_id') if isinstance(row, dict) else None
     raise Unreadable(f'{path} belongs to run {got!r}, not to {rid} (a copied file?)')
-  if parse('config.json', json.loads) != json.loads(json.dumps(config_lib.to_dict(cfg))):
+  recorded = parse('config.json', json.loads)
+  if not isinstance(recorded, dict) or config_lib.identity(recorded) != config_lib.identity(cfg):
     raise Unreadable(f'{os.path.join(directory, "config.json")} is not the config of run {rid}')
   history = parse('metrics.jsonl', lambda t: [json.loads(l) for l in t.splitlines() if l])
   if len(history) != row.get('epochs_run'):
@@ -258,7 +259,7 @@ def check_writable(workdir: str) -> None:
 
 
 def _describe(sweep: Sweep) -> dict[str, Any]:
-  return json.loads(json.dumps({'base': config_lib.to_dict(sweep.base),
+  return json.loads(json.dumps({'base': config_lib.identity(sweep.base),
                                 'axes': {k: list(v) for k, v in sweep.axes.items()},
                                 'seeds': list(sweep.seeds)}, sort_keys=True, default=str))
 

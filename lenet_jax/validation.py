@@ -48,6 +48,7 @@ def check_model(m: ModelConfig) -> list[arch.Layer]:
   _choice('model.init', m.init, config_lib.INITS)
   _choice('model.conv_impl', m.conv_impl, conv.CONV_IMPLS)
   _choice('model.head', m.head, config_lib.HEADS)
+  _choice('model.precision', m.precision, config_lib.PRECISIONS)
   if not isinstance(m.inner_activation, bool):
     raise ValueError(f'model.inner_activation={m.inner_activation!r} must be True or False '
                      '(on the command line: true or false).')
@@ -139,6 +140,15 @@ def check_config(cfg: Config) -> None:
       or not 0 <= cfg.seed <= MAX_SEED):
     raise ValueError(f'seed={cfg.seed!r} must be an integer in 0..{MAX_SEED} (JAX keeps '
                      'the low 32 bits of a seed, so larger ones would repeat smaller ones).')
+  if cfg.patience is not None:
+    if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 1:
+      raise ValueError(f'patience={cfg.patience!r} must be a positive integer (epochs '
+                       'without a better validation accuracy before a run stops), or None '
+                       'to train every epoch.')
+    if cfg.data.validation_size == 0:
+      raise ValueError(f'patience={cfg.patience} stops a run by its validation accuracy, '
+                       'but validation_size=0 leaves no validation set: give a '
+                       'validation_size > 0, or leave patience unset.')
   layers = check_model(cfg.model)
   _check_optim(cfg, layers)
   _check_data(cfg)
