@@ -83,6 +83,9 @@ ALPHA = 0.05  # family-wise error rate of each experiment's comparisons
 CHECK_EPOCHS = 30  # the headline comparisons' longer-training check
 CHECK_DATASET = 'mnist_5k'  # ... and their other-data check
 LR = 'optim.learning_rate'
+# A group of an experiment (up to 30 runs) is saved as one checkpoint: at most
+# once a minute, at its end and on SIGINT/SIGTERM (loop.train_group).
+CHECKPOINT_EVERY_SECONDS = 60.0
 PARAMS_FILE = 'params.msgpack'  # a run's final parameters (KEEP_PARAMS experiments)
 EXTRA_FILE = 'extra.json'  # a run's extra metrics (experiments with `extra`)
 
@@ -351,9 +354,10 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
 
   Groups (one architecture and recipe, up to `group_size` runs: an arm's
   seeds at every rate of its grid share one program) train one after another, each run
-  checkpointed per epoch so a killed process resumes within its epoch. A run
+  checkpointed as one (CHECKPOINT_EVERY_SECONDS, at its end and on SIGINT/SIGTERM),
+  so a killed process loses at most a minute. A run
   is written as a sweep writes it (final.json last), then its parameters and
-  extra metrics; its checkpoints are deleted once all of that is on disk.
+  extra metrics; the group's checkpoints are deleted once all its runs are on disk.
   Final parameters are kept for the seeds in `keep_params` only (a run's are
   about 250 kB; the analyses that need them plot one seed).
   With `max_minutes`, training stops after the group in progress once that many
@@ -375,13 +379,19 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
   epochs = plan[0].config.epochs if plan else 0
   say(f'{len(plan)} runs ({len(plan) - len(todo)} already finished in {workdir}); '
       f'{epochs} epochs each')
-  batches = sweep_lib.groups([run.config for run in todo], max_models=group_size)
+  # Groups of the whole plan, so a group (and its checkpoint) is the same
+  # whichever of its runs have finished; only the unfinished ones train.
+  unfinished = {run.run_id for run in todo}
+  batches = [(whole, [c for c in whole if sweep_lib.run_id(c) in unfinished])
+             for whole in sweep_lib.groups([run.config for run in plan], max_models=group_size)]
+  batches = [(whole, members) for whole, members in batches if members]
   trained_epochs, trained_seconds, trained_runs = 0, 0.0, 0
-  for g, members in enumerate(batches, start=1):
+  for g, (whole, members) in enumerate(batches, start=1):
     group_start = time.monotonic()
-    checkpoint_dirs = [os.path.join(sweep_lib.run_dir(workdir, c), 'checkpoints')
-                       for c in members]
-    for res in loop.train_group(members, dataset, checkpoint_dirs=checkpoint_dirs):
+    checkpoints = sweep_lib.group_dir(workdir, whole)
+    for res in loop.train_group(members, dataset, checkpoint_dir=checkpoints,
+                                run_ids=[sweep_lib.run_id(c) for c in members],
+                                checkpoint_every=CHECKPOINT_EVERY_SECONDS):
       row = sweep_lib.write_run(workdir, res)
       directory = sweep_lib.run_dir(workdir, res.config)
       if res.config.seed in keep_params:
@@ -391,10 +401,10 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
         values = extra(res) if res.status == 'ok' else {}
         sweep_lib.atomic_write(os.path.join(directory, EXTRA_FILE), json.dumps(values))
         row.update(values)
-      shutil.rmtree(os.path.join(directory, 'checkpoints'), ignore_errors=True)
       row['arm'] = arm_of[row['run_id']]
       rows[row['run_id']] = row
     sweep_lib.write_results(workdir, ordered())
+    shutil.rmtree(checkpoints, ignore_errors=True)  # every run of the group is written
     trained_runs += len(members)
     trained_epochs += len(members) * epochs
     trained_seconds += time.monotonic() - group_start

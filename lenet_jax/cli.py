@@ -123,8 +123,15 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_boolean('describe', False, 'Print the shape trace (output sizes, parameters, '
                        'multiply-adds, receptive field) and exit, without training.',
                        flag_values=fv)
-  flags.DEFINE_integer('max_models', 8, 'Most runs trained together in one compiled program.',
-                       flag_values=fv)
+  flags.DEFINE_string('max_models', 'auto', 'Most runs trained together in one compiled '
+                      'program: a positive integer, or auto (8 on one CPU device; on a GPU/TPU '
+                      'as many as half the free device memory holds, at most 1024; a resumed '
+                      'workdir keeps the size it recorded).', flag_values=fv)
+  flags.DEFINE_float('checkpoint_every_secs', 60.0, 'With --workdir: save each group of '
+                     'runs when this many seconds have passed since its last save (0: every '
+                     'epoch); always at the end of a group, on SIGUSR1, and on SIGINT/SIGTERM '
+                     '(after the epoch in progress; a second signal stops at once).',
+                     flag_values=fv)
   flags.DEFINE_enum('group_mode', 'auto', ['auto', 'vmap', 'in_turn'],
                     'How the runs of a group share their program: vmap (stacked, all at '
                     'once), in_turn (one after another, epoch by epoch), auto (in turn on '
@@ -192,6 +199,25 @@ def _check_run_flags() -> None:
   acc = FLAGS.target_test_acc
   if acc is not None and not 0 < acc <= 1:  # NaN fails this too
     raise ValueError(f'--target_test_acc={acc} must be an accuracy in (0, 1].')
+  every = FLAGS.checkpoint_every_secs
+  if not every >= 0 or every == float('inf'):  # NaN fails this too
+    raise ValueError(f'--checkpoint_every_secs={every} must be a finite number of seconds '
+                     '>= 0 (0 saves after every epoch).')
+
+
+def max_models_flag() -> int | str:
+  """--max_models as 'auto' or a positive integer; ValueError naming the value."""
+  text = FLAGS.max_models.strip()
+  if text == 'auto':
+    return text
+  try:
+    value = int(text)
+  except ValueError:
+    value = None
+  if value is None or value < 1:
+    raise ValueError(f'--max_models={text} must be a positive integer (the most runs '
+                     'trained together in one program) or auto.')
+  return value
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -255,7 +281,8 @@ def main(argv) -> int:
     configs = sweep_lib.expand(sweep)  # input shapes from the datasets
     for cfg in configs:
       validation.check_config(cfg)
-    mine = sweep_lib.shard(configs, FLAGS.max_models, FLAGS.num_shards, FLAGS.shard_index)
+    max_models = max_models_flag()
+    sweep_lib.shard(configs, 1, FLAGS.num_shards, FLAGS.shard_index)  # the shard flags
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -269,26 +296,33 @@ def main(argv) -> int:
         seen.add(model)
         print(arch.describe(model), end='\n\n')
     return 0
-  if not mine:
-    print(f'shard {FLAGS.shard_index} of {FLAGS.num_shards} has no runs: the sweep has '
-          f'{len(sweep_lib.groups(configs, FLAGS.max_models))} group(s) of runs, fewer than '
-          'the shards. Nothing to train; use fewer --num_shards.')
-    return 0
 
   import jax
+  from lenet_jax import loop  # pylint: disable=import-outside-toplevel
   quiet_logs()
+  vmap = {'auto': None, 'vmap': True, 'in_turn': False}[FLAGS.group_mode]
+  try:
+    max_models = sweep_lib.resolve_max_models(max_models, configs, FLAGS.workdir,
+                                              loop.resolve_vmap(vmap))
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if not sweep_lib.shard(configs, max_models, FLAGS.num_shards, FLAGS.shard_index):
+    print(f'shard {FLAGS.shard_index} of {FLAGS.num_shards} has no runs: the sweep has '
+          f'{len(sweep_lib.groups(configs, max_models))} group(s) of runs, fewer than '
+          'the shards. Nothing to train; use fewer --num_shards.')
+    return 0
   if FLAGS.cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.cache_dir)
   print(f'{len(configs)} run(s), JAX backend {jax.default_backend()}', flush=True)
   try:
     with sigterm_as_ctrl_c():
-      rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=FLAGS.max_models,
+      rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=max_models,
                                  progress=lambda line: print(line, flush=True),
                                  target_test_acc=FLAGS.target_test_acc,
                                  num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
-                                 tensorboard=FLAGS.tensorboard,
-                                 vmap={'auto': None, 'vmap': True,
-                                       'in_turn': False}[FLAGS.group_mode])
+                                 tensorboard=FLAGS.tensorboard, vmap=vmap,
+                                 checkpoint_every=FLAGS.checkpoint_every_secs)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -1,15 +1,25 @@
 """Training runs end to end: a group of runs of one architecture, trained together.
 
 Runs that differ only in their seed and numeric optimizer hyperparameters
-(learning rate, momentum, weight decay) share one compiled program: their
-states are stacked along a model axis and trained by the vmapped epoch. Each
-run still trains exactly as it would alone (its own initialisation, data
-order and hyperparameters).
+(learning rate, momentum, weight decay) share one compiled program: stacked
+along a model axis and trained by the vmapped epoch (GPU/TPU), or in turn by
+the single-run program (one CPU device). Each run still trains exactly as it
+would alone (its own initialisation, data order and hyperparameters).
+
+One program per architecture: the compiled epoch (training, evaluation of
+every split and the best-on-validation record, train.epoch_and_evaluate) is
+kept for the process and reused by every later group of the same
+architecture, recipe, group width and data shapes; a stacked group narrower
+than its width is padded with inactive slots, so the last group of a sweep
+needs no program of its own.
 
 Per epoch and run: train loss/accuracy, validation and test loss/accuracy,
 seconds and images per second. A run whose training loss turns non-finite
-ends with status 'diverged' at that epoch; the others go on.
+ends with status 'diverged' at that epoch; with `patience`, a run whose
+validation accuracy has not improved for that many epochs stops (status 'ok');
+a finished run stops updating while the others go on.
 """
+import collections
 import dataclasses
 import logging
 import math
@@ -27,7 +37,8 @@ from lenet_jax import conv
 from lenet_jax import optim
 from lenet_jax import train
 from lenet_jax import validation
-from lenet_jax.checkpoint import RunCheckpoints
+from lenet_jax import workdir as workdir_lib
+from lenet_jax.checkpoint import GroupCheckpoints, state_arrays
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset
 from lenet_jax.model import LeNet5
@@ -42,6 +53,9 @@ class RunResult:
   compile_seconds: float = 0.0  # shared by the runs of a group
   train_seconds: float = 0.0
   params: Any = None  # final parameters (host arrays)
+  model_state: Any = None  # final non-trainable collections (batch statistics), host arrays
+  # The model of the best validation accuracy: {'params', 'model_state'} (host arrays)
+  best: Any = None
   # The data it trained on (source, split sizes) and how (group mode, conv
   # implementation, backend): recorded in its results row.
   facts: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -49,6 +63,10 @@ class RunResult:
   @property
   def final(self) -> dict[str, float]:
     return self.history[-1] if self.history else {}
+
+  @property
+  def best_epoch(self) -> int | None:
+    return best_epoch(self.history)
 
 
 def group_key(cfg: Config) -> Config:
@@ -76,6 +94,34 @@ def diverged_epoch(history: list[dict[str, float]]) -> int | None:
     if not math.isfinite(row['train_loss']):
       return row['epoch']
   return None
+
+
+def best_epoch(history: list[dict[str, float]]) -> int | None:
+  """The 1-based epoch of the highest validation accuracy (the first of ties);
+  the last epoch without a validation split; None before any epoch."""
+  if not history:
+    return None
+  if 'val_acc' not in history[0]:
+    return history[-1]['epoch']
+  best = max(history, key=lambda h: (h['val_acc'] if math.isfinite(h['val_acc']) else -1,
+                                     -h['epoch']))
+  return best['epoch']
+
+
+def patience_ran_out(history: list[dict[str, float]], patience: int | None) -> bool:
+  """Whether a run with `patience` stops after the last epoch of `history`."""
+  if patience is None or not history:
+    return False
+  return history[-1]['epoch'] - best_epoch(history) >= patience
+
+
+def status_of(history: list[dict[str, float]], cfg: Config) -> str:
+  """'diverged', 'ok' (trained every epoch, or stopped by its patience) or 'running'."""
+  if diverged_epoch(history) is not None:
+    return 'diverged'
+  if len(history) >= cfg.epochs or patience_ran_out(history, cfg.patience):
+    return 'ok'
+  return 'running'
 
 
 def with_input_shape(cfg: Config, dataset: Dataset) -> Config:
@@ -118,46 +164,71 @@ def _batch_sharding(batch_size: int):
   return NamedSharding(mesh, PartitionSpec('batch')), NamedSharding(mesh, PartitionSpec())
 
 
-def _resume(checkpoints, states, results, stacked: bool) -> list[int]:
-  """Restores each run's newest checkpoint in place; returns the epochs already done.
+@dataclasses.dataclass
+class _Program:
+  """What the groups of one architecture share: model, optimizer and compiled code."""
+  model: LeNet5
+  tx: Any
+  init: Callable  # stacked seeds -> (stacked initial states, stacked data keys)
+  epochs: dict = dataclasses.field(default_factory=dict)  # (width, shapes...) -> Compiled
 
-  A run whose checkpoint records a non-finite loss is over: it comes back
-  with status 'diverged'. Stacked runs advance together, so the others resume
-  from the newest epoch they all have; checkpoints newer than the epoch a run
-  resumes from are deleted, since it writes them again.
-  """
-  if not checkpoints:
-    return [0] * len(states)
-  found = [c.restore_latest(s) for c, s in zip(checkpoints, states)]
-  over = [f is not None and diverged_epoch(f[2]) is not None for f in found]
-  if stacked:
-    epochs = {f[0] if f else 0 for f, o in zip(found, over) if not o}
-    if len(epochs) > 1:
-      common = min(epochs)
-      for i, c in enumerate(checkpoints):
-        if not over[i]:
-          found[i] = c.restore_latest(states[i], at_most=common) if common else None
-      if any(not o and (f is None or f[0] != common) for f, o in zip(found, over)):
-        found = [f if o else None for f, o in zip(found, over)]
-  done = []
-  for i, f in enumerate(found):
-    if not over[i]:
-      checkpoints[i].delete_after(f[0] if f else 0)
-    if f is None:
-      done.append(0)
-      continue
-    done.append(f[0])
-    states[i], results[i].history = f[1], f[2]
-    results[i].train_seconds = sum(h['seconds'] for h in f[2])
-    if over[i]:
-      results[i].status, results[i].diverged_epoch = 'diverged', diverged_epoch(f[2])
-  return done
+
+# Programs of the architectures trained in this process, most recent last; a
+# sweep over many architectures keeps the newest few.
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+PROGRAMS_KEPT = 8
+
+
+def _program_for(base: Config, steps: int) -> _Program:
+  key = (group_key(base), steps)
+  if key in _PROGRAMS:
+    _PROGRAMS.move_to_end(key)
+    return _PROGRAMS[key]
+  model = LeNet5(base.model)
+  tx = optim.make_optimizer(base.optim, steps, base.epochs)
+  shape = base.model.input_shape
+
+  def init_one(seed):
+    init_key, data_key = jax.random.split(jax.random.key(seed))
+    return train.create_train_state(model, tx, init_key, shape), data_key
+
+  program = _Program(model, tx, jax.jit(jax.vmap(init_one)))
+  _PROGRAMS[key] = program
+  while len(_PROGRAMS) > PROGRAMS_KEPT:
+    _PROGRAMS.popitem(last=False)
+  return program
+
+
+def clear_programs() -> None:
+  """Forgets every kept program (the next group compiles afresh)."""
+  _PROGRAMS.clear()
+
+
+def _initial_states(program: _Program, configs: list[Config], width: int):
+  """(states, data keys) stacked over `width` slots: one per config, then padding
+  slots (copies of the first run, never trained)."""
+  seeds = [c.seed for c in configs] + [configs[0].seed] * (width - len(configs))
+  states, data_keys = program.init(jnp.asarray(seeds, jnp.uint32))
+  hyper = optim.hyperparams(states.opt_state)
+  values = {k: jnp.asarray([optim.injected(c.optim)[k] for c in configs]
+                           + [optim.injected(configs[0].optim)[k]] * (width - len(configs)),
+                           hyper[k].dtype) for k in optim.injected(configs[0].optim)}
+  states = states.replace(opt_state=optim.replace_hyperparams(states.opt_state, values))
+  return states, data_keys
+
+
+def _host_rows(tree, count: int) -> list:
+  """The first `count` entries of a stacked pytree, as host arrays per entry."""
+  host = jax.device_get(tree)
+  return [jax.tree.map(lambda x: x[i], host) for i in range(count)]
 
 
 def train_group(configs: list[Config], dataset: Dataset,
                 on_epoch: Callable[[int, list[RunResult]], bool | None] | None = None,
                 keep_params: bool = True, vmap: bool | None = None,
-                checkpoint_dirs: Sequence[str] | None = None) -> list[RunResult]:
+                checkpoint_dir: str | None = None, run_ids: Sequence[str] | None = None,
+                checkpoint_every: float = 60.0, width: int | None = None,
+                say: Callable[[str], None] | None = None) -> list[RunResult]:
   """Trains `configs` (equal up to seed and numeric hyperparameters) together.
 
   `on_epoch(epoch, results)` is called after every epoch; returning True ends
@@ -165,9 +236,15 @@ def train_group(configs: list[Config], dataset: Dataset,
   `vmap`: stack the runs into one vmapped program (True), train them in turn
   with one compiled single-run program (False), or pick per backend (None:
   in turn on a single CPU device, vmapped elsewhere). Stacked runs are sharded
-  over the local devices (see _model_sharding).
-  `checkpoint_dirs` (one per config): save each run's state and metrics there
-  after every epoch, and resume from the newest readable checkpoint found.
+  over the local devices (see _model_sharding), and padded to `width` slots
+  (default: as many as runs) so that groups of one architecture share a program.
+  `checkpoint_dir`: the group's checkpoints (checkpoint.GroupCheckpoints, the
+  members named by `run_ids`): training resumes from the newest usable one,
+  saves one when `checkpoint_every` seconds have passed since the last (0:
+  after every epoch), at the end, on SIGUSR1, and on SIGINT/SIGTERM, which
+  then end training with KeyboardInterrupt once the epoch in progress is done
+  (a second signal ends it at once).
+  `say`: progress lines (compilation).
   """
   configs = [with_input_shape(c, dataset) for c in configs]
   base = configs[0]
@@ -176,6 +253,7 @@ def train_group(configs: list[Config], dataset: Dataset,
     if group_key(cfg) != group_key(base):
       raise ValueError('train_group needs runs that differ only in seed and '
                        f'{optim.NUMERIC_HYPERPARAMS}; use sweep.groups() to split them.')
+  count = len(configs)
   results = [RunResult(cfg) for cfg in configs]
   images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
   splits = {name: (jnp.asarray(x), jnp.asarray(y)) for name, x, y in (
@@ -185,115 +263,177 @@ def train_group(configs: list[Config], dataset: Dataset,
   if steps == 0:
     raise ValueError(f'batch_size={base.batch_size} is larger than the '
                      f'{len(images)} training examples; use a smaller batch.')
-  model = LeNet5(base.model)
-  tx = optim.make_optimizer(base.optim, steps, base.epochs)
-  states, data_keys = [], []  # one per run
-  for cfg in configs:
-    init_key, data_key = jax.random.split(jax.random.key(cfg.seed))
-    state = train.create_train_state(model, tx, init_key, base.model.input_shape)
-    states.append(state.replace(opt_state=optim.with_hyperparams(state.opt_state, cfg.optim)))
-    data_keys.append(data_key)
+  width = max(width or count, count)
+  stacked = width > 1 and resolve_vmap(vmap)
+  width = width if stacked else count
+  program = _program_for(base, steps)
+  states, data_keys = _initial_states(program, configs, width)
+  # A copy: the epoch program donates both, so they must not share buffers.
+  bests = jax.tree.map(jnp.copy, jax.vmap(train.initial_best)(states))
 
-  stacked = len(configs) > 1 and resolve_vmap(vmap)
-  shard_models, replicate = _model_sharding(len(configs)) if stacked else (None, None)
-  checkpoints = [RunCheckpoints(d) for d in checkpoint_dirs] if checkpoint_dirs else []
-  first_epoch = _resume(checkpoints, states, results, stacked)
-  lr_factor = optim.schedule_multiplier(base.optim, steps, base.epochs)
-  start = time.perf_counter()
+  checkpoints = (GroupCheckpoints(checkpoint_dir, list(run_ids or range(count)))
+                 if checkpoint_dir else None)
+  done = [0] * count
+  if checkpoints:
+    members = lambda tree: jax.tree.map(lambda x: x[:count], tree)
+    found = checkpoints.restore_latest({'state': state_arrays(members(states)),
+                                        'best': members(bests)})
+    if found is not None:
+      arrays, done, histories = found
+      restored = {'state': states.replace(**jax.tree.map(
+          lambda full, part: jnp.concatenate([jnp.asarray(part), full[count:]]),
+          state_arrays(states), arrays['state'])),
+                  'best': jax.tree.map(lambda full, part: jnp.concatenate(
+                      [jnp.asarray(part), full[count:]]), bests, arrays['best'])}
+      states, bests = restored['state'], restored['best']
+      for res, history in zip(results, histories):
+        res.history = history
+        res.train_seconds = sum(h['seconds'] for h in history)
+        res.status = status_of(history, res.config)
+        res.diverged_epoch = diverged_epoch(history)
+
+  fn_key = (width, stacked, jax.local_device_count(), images.shape, str(images.dtype),
+            tuple((n, x.shape) for n, (x, _) in splits.items()))
+  compile_start = time.perf_counter()
   if stacked:
-    keys_for = lambda epoch: jax.device_put(
-        jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys]), shard_models)
-    stack = lambda states: jax.device_put(train.stack(states), shard_models)
-    images, labels = jax.device_put((images, labels), replicate)
-    splits = jax.device_put(splits, replicate)
-    if shard_models.mesh.size > 1:  # each device its own models, no communication
-      epoch_many, evaluate_many = train.many_over_devices(
-          shard_models.mesh, base.batch_size, base.eval_batch_size, base.data.augment_shift)
-      epoch_args, eval_args = (), ()
-    else:
-      epoch_many, evaluate_many = train.train_epoch_many, train.evaluate_many
-      epoch_args = (base.batch_size, base.data.augment_shift)
-      eval_args = (base.eval_batch_size,)
-    epoch_fn = epoch_many.lower(stack(states), images, labels, keys_for(0),
-                                *epoch_args).compile()
-    eval_fns = {name: evaluate_many.lower(stack(states), x, y, *eval_args).compile()
-                for name, (x, y) in splits.items()}
+    shard_models, replicate = _model_sharding(width)
+    images, labels, splits = jax.device_put((images, labels, splits), replicate)
+    states, bests, data_keys = jax.device_put((states, bests, data_keys), shard_models)
+    active_sharding = shard_models
+    if fn_key not in program.epochs:
+      if shard_models.mesh.size > 1:  # each device its own models, no communication
+        fn = train.many_over_devices(shard_models.mesh, base.batch_size,
+                                     base.eval_batch_size, base.data.augment_shift)
+        static = {}
+      else:
+        fn = train.epoch_and_evaluate_many
+        static = dict(batch_size=base.batch_size, eval_batch_size=base.eval_batch_size,
+                      augment_shift=base.data.augment_shift)
+      active = jax.device_put(jnp.ones(width, bool), shard_models)
+      program.epochs[fn_key] = fn.lower(states, bests, active, images, labels, data_keys,
+                                        jnp.int32(0), splits, **static).compile()
   else:
     batch_sharding, replicate = _batch_sharding(base.batch_size)
+    states = [train.unstack(states, i) for i in range(count)]
+    bests = [train.unstack(bests, i) for i in range(count)]
+    data_keys = [data_keys[i] for i in range(count)]
     if replicate is not None:
-      images, labels = jax.device_put((images, labels), replicate)
-      splits = jax.device_put(splits, replicate)
-      states = jax.device_put(states, replicate)
-    epoch_fn = train.train_epoch.lower(states[0], images, labels, data_keys[0],
-                                       base.batch_size, batch_sharding,
-                                       base.data.augment_shift).compile()
-    eval_fns = {name: train.evaluate.lower(states[0], x, y, base.eval_batch_size).compile()
-                for name, (x, y) in splits.items()}
-  compile_seconds = time.perf_counter() - start
+      images, labels, splits, states, bests = jax.device_put(
+          (images, labels, splits, states, bests), replicate)
+    active_sharding = replicate
+    if fn_key not in program.epochs:
+      program.epochs[fn_key] = train.epoch_and_evaluate.lower(
+          states[0], bests[0], jnp.bool_(True), images, labels, data_keys[0], jnp.int32(0),
+          splits, batch_size=base.batch_size, eval_batch_size=base.eval_batch_size,
+          augment_shift=base.data.augment_shift, batch_sharding=batch_sharding).compile()
+  epoch_fn = program.epochs[fn_key]
+  compile_seconds = time.perf_counter() - compile_start
+  if say and compile_seconds > 0.5:
+    say(f'compiled the program for {width} model(s) in {compile_seconds:.1f}s')
 
-  if stacked:
-    state = stack(states)
-
-  def run_epoch(epoch: int, live: list[int]):
-    """(index, train metrics, {split: eval sums}, seconds) for each live run."""
-    nonlocal state
-    if stacked:
-      start = time.perf_counter()
-      state, metrics = epoch_fn(state, images, labels, keys_for(epoch))
-      metrics = jax.device_get(metrics)  # the one host sync of the epoch
-      seconds = time.perf_counter() - start
-      evals = {name: jax.device_get(fn(state, *splits[name])) for name, fn in eval_fns.items()}
-      pick = lambda tree, i: jax.tree.map(lambda v: v[i], tree)
-      return [(i, pick(metrics, i), {n: pick(e, i) for n, e in evals.items()}, seconds)
-              for i in live]
-    out = []
-    for i in live:
-      start = time.perf_counter()
-      states[i], metrics = epoch_fn(states[i], images, labels,
-                                    jax.random.fold_in(data_keys[i], epoch))
-      metrics = jax.device_get(metrics)
-      seconds = time.perf_counter() - start
-      out.append((i, metrics, {name: jax.device_get(fn(states[i], *splits[name]))
-                               for name, fn in eval_fns.items()}, seconds))
-    return out
-
+  lr_factor = optim.schedule_multiplier(base.optim, steps, base.epochs)
   live = [i for i, res in enumerate(results) if res.status == 'running']
-  for epoch in range(min((first_epoch[i] for i in live), default=base.epochs), base.epochs):
-    due = [i for i in live if first_epoch[i] <= epoch]
-    for i, m, evals, seconds in run_epoch(epoch, due):
-      row = {'epoch': epoch + 1, 'train_loss': float(m['loss']),
-             'train_acc': int(m['correct']) / int(m['count']),
-             'seconds': seconds, 'images_per_s': int(m['count']) / seconds,
-             'learning_rate': float(configs[i].optim.learning_rate *
-                                    lr_factor((epoch + 1) * steps))}
-      for name, sums in evals.items():
-        row[f'{name}_loss'], row[f'{name}_acc'] = _summarise(sums)
-      res = results[i]
-      res.train_seconds += seconds
-      res.history.append(row)
-      if not math.isfinite(row['train_loss']):
-        res.status, res.diverged_epoch = 'diverged', epoch + 1
-        live.remove(i)
-      if checkpoints:  # a diverged run's too: its history says it is over
-        checkpoints[i].save(epoch + 1, train.unstack(state, i) if stacked else states[i],
-                            res.history)
-    stop = on_epoch(epoch, results) if on_epoch else False
-    if stop or not live:  # on_epoch returns True to end training early
-      break
-  for c in checkpoints:
-    c.close()
+
+  def record(i: int, epoch: int, m, evals, seconds: float) -> None:
+    row = {'epoch': epoch + 1, 'train_loss': float(m['loss']),
+           'train_acc': int(m['correct']) / int(m['count']),
+           'seconds': seconds, 'images_per_s': int(m['count']) / seconds,
+           'learning_rate': float(configs[i].optim.learning_rate *
+                                  lr_factor((epoch + 1) * steps))}
+    for name, sums in evals.items():
+      row[f'{name}_loss'], row[f'{name}_acc'] = _summarise(sums)
+    res = results[i]
+    res.train_seconds += seconds
+    res.history.append(row)
+    done[i] = epoch + 1
+    res.status = status_of(res.history, res.config)
+    if res.status == 'diverged':
+      res.diverged_epoch = epoch + 1
+    if res.status != 'running':
+      live.remove(i)
+
+  def arrays():
+    if stacked:
+      members = lambda tree: jax.tree.map(lambda x: x[:count], tree)
+      return {'state': state_arrays(members(states)), 'best': members(bests)}
+    return {'state': state_arrays(train.stack(states)), 'best': train.stack(bests)}
+
+  last_save = time.monotonic()
+  trained = False
+
+  def save() -> None:
+    nonlocal last_save
+    checkpoints.save(arrays(), done, [r.history for r in results])
+    last_save = time.monotonic()
+
+  with (workdir_lib.stop_requests() if checkpoints else _no_requests()) as requests:
+    def answer_requests() -> None:
+      if checkpoints and (requests.stop or requests.checkpoint
+                          or time.monotonic() - last_save >= checkpoint_every):
+        save()
+        requests.checkpoint = False
+      if requests.stop:
+        raise KeyboardInterrupt
+
+    for epoch in range(min((done[i] for i in live), default=base.epochs), base.epochs):
+      due = [i for i in live if done[i] <= epoch]
+      if stacked:
+        active = jax.device_put(jnp.asarray([i in due for i in range(width)]),
+                                active_sharding)
+        start = time.perf_counter()
+        states, bests, metrics, evals = epoch_fn(states, bests, active, images, labels,
+                                                 data_keys, jnp.int32(epoch), splits)
+        metrics, evals = jax.device_get((metrics, evals))  # the one host sync of the epoch
+        seconds = time.perf_counter() - start
+        pick = lambda tree, i: jax.tree.map(lambda v: v[i], tree)
+        for i in due:
+          record(i, epoch, pick(metrics, i), {n: pick(e, i) for n, e in evals.items()},
+                 seconds)
+        trained = True
+        answer_requests()
+      else:
+        for i in due:
+          start = time.perf_counter()
+          states[i], bests[i], metrics, evals = epoch_fn(
+              states[i], bests[i], jnp.bool_(True), images, labels, data_keys[i],
+              jnp.int32(epoch), splits)
+          metrics, evals = jax.device_get((metrics, evals))
+          record(i, epoch, metrics, evals, time.perf_counter() - start)
+          trained = True
+          answer_requests()
+      stop = on_epoch(epoch, results) if on_epoch else False
+      if stop or not live:  # on_epoch returns True to end training early
+        break
+    if checkpoints and trained:
+      save()  # always at the end: the runs' files are written from it next
+  if checkpoints:
+    checkpoints.close()
   facts = {'data_source': dataset.source, 'data_fingerprint': dataset.fingerprint,
            'train_size': len(dataset.train_images),
            'val_size': len(dataset.val_images), 'test_size': len(dataset.test_images),
            'group_mode': 'vmap' if stacked else 'in_turn',
            'conv_impl_used': conv.resolve_impl(base.model.conv_impl),
            'backend': jax.default_backend()}
+  if keep_params:
+    finals = _host_rows(arrays()['state'], count)
+    best_models = _host_rows(arrays()['best'], count)
   for i, res in enumerate(results):
     res.facts = dict(facts)
     res.compile_seconds = compile_seconds
     if res.status == 'running':
       res.status = 'ok'
     if keep_params:
-      res.params = jax.device_get(train.unstack(state.params, i) if stacked
-                                  else states[i].params)
+      res.params, res.model_state = finals[i]['params'], finals[i]['model_state']
+      res.best = {'params': best_models[i]['params'],
+                  'model_state': best_models[i]['model_state']}
   return results
+
+
+class _no_requests:  # pylint: disable=invalid-name
+  """stop_requests' stand-in without checkpoints: signals act as they always do."""
+
+  def __enter__(self):
+    return workdir_lib.StopRequests()
+
+  def __exit__(self, *exc):
+    return False

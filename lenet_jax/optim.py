@@ -23,7 +23,7 @@ NUMERIC_HYPERPARAMS = ('learning_rate', 'momentum', 'weight_decay')
 _CONV_MODULE = re.compile(r'block\d+_conv\d+')
 
 
-def _injected(cfg: OptimConfig) -> dict[str, float]:
+def injected(cfg: OptimConfig) -> dict[str, float]:
   """The numeric hyperparameters that `cfg.optimizer` takes."""
   hyper = {'learning_rate': cfg.learning_rate}
   if cfg.optimizer == 'momentum':
@@ -61,7 +61,7 @@ def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, epochs: int):
                               modules(lambda name: bool(_CONV_MODULE.fullmatch(name))))]
                 if cfg.conv_lr_scale != 1 else [])
   return optax.chain(
-      optax.inject_hyperparams(base[cfg.optimizer])(**_injected(cfg)),
+      optax.inject_hyperparams(base[cfg.optimizer])(**injected(cfg)),
       optax.scale_by_schedule(schedule_multiplier(cfg, steps_per_epoch, epochs)),
       *conv_scale,
       # Frozen modules get zero updates (weight decay included), so they keep
@@ -78,6 +78,13 @@ def with_hyperparams(opt_state, cfg: OptimConfig):
   """`opt_state` with the numeric hyperparameters of `cfg`, for stacking models."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   inject = opt_state[0]
-  values = {k: jnp.asarray(v, inject.hyperparams[k].dtype) for k, v in _injected(cfg).items()}
+  values = {k: jnp.asarray(v, inject.hyperparams[k].dtype) for k, v in injected(cfg).items()}
+  return replace_hyperparams(opt_state, values)
+
+
+def replace_hyperparams(opt_state, values: dict):
+  """`opt_state` with the injected hyperparameters in `values` replaced (any shape:
+  one value per model of a stacked state)."""
+  inject = opt_state[0]
   return (inject._replace(hyperparams={**inject.hyperparams, **values}),) + tuple(opt_state[1:])
 

@@ -57,6 +57,29 @@ def available_bytes() -> tuple[int, str]:
   return (os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES'), 'free memory')
 
 
+# --max_models=auto: on the CPU, 8 (in turn, the group size only sets how many
+# runs share a checkpoint; stacked, more models per program measured no faster
+# there); on a GPU/TPU, as many runs as fit in this share of the free device
+# memory, at most AUTO_MOST.
+AUTO_CPU = 8
+AUTO_MEMORY_SHARE = 0.5
+AUTO_MOST = 1024
+
+
+def auto_max_models(configs: list[Config], stacked: bool, available=None) -> int:
+  """The group size --max_models=auto stands for: see AUTO_* above.
+
+  Stacked, every architecture of the sweep must fit that many runs (the
+  estimate of `estimate`, which is rough, hence the share); in turn, AUTO_CPU.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  if not stacked or not configs or jax.default_backend() == 'cpu':
+    return AUTO_CPU
+  budget, _ = available or available_bytes()
+  per_model = max(estimate(c, 1, stacked=True)['total'] for c in configs)
+  return int(max(1, min(AUTO_MOST, AUTO_MEMORY_SHARE * budget // per_model)))
+
+
 def check_fits(groups: list[list[Config]], stacked: bool, available=None) -> None:
   """Raises ValueError if a group's estimate exceeds the memory available.
 

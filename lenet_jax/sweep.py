@@ -9,8 +9,13 @@ and writes, under the workdir:
   sweep.json                    the sweep and how its groups train (group mode),
                                 so a workdir holds one sweep, trained one way
   .lock, .lock.shard-I-of-N     held while a process trains (see workdir.py)
+  groups/<group_id>/             orbax checkpoints of a group of runs trained together
+                                (checkpoint.py), while it trains; removed once its
+                                runs are written
   runs/<run_id>/config.json     the run's full configuration
-  runs/<run_id>/checkpoints/    orbax checkpoints of the last epochs, to resume from
+  runs/<run_id>/variables.msgpack       the final model ({'params', batch statistics}),
+  runs/<run_id>/best_variables.msgpack  and the one of the best validation accuracy
+                                (flax.serialization msgpack)
   runs/<run_id>/metrics.jsonl   one JSON line per epoch
   runs/<run_id>/tensorboard/    event files: scalars per epoch and the hyperparameters
   runs/<run_id>/final.json      status, final metrics, data source and split sizes,
@@ -29,11 +34,15 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from flax import serialization
 
 from lenet_jax import arch
 from lenet_jax import config as config_lib
@@ -111,7 +120,12 @@ def run_id(cfg: Config) -> str:
 
 
 def groups(configs: Sequence[Config], max_models: int) -> list[list[Config]]:
-  """Runs of one architecture and recipe, at most `max_models` per program, in sweep order."""
+  """Runs of one architecture and recipe, at most `max_models` per program, in sweep order.
+
+  The runs of one architecture are dealt into as few groups as `max_models`
+  allows, of sizes that differ by at most one (20 runs at 8: 7, 7, 6), so a
+  stacked program padded to the largest (`widths`) wastes at most one slot.
+  """
   if isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 1:
     raise ValueError(f'--max_models={max_models!r} must be a positive integer (the most '
                      'runs trained together in one program).')
@@ -120,8 +134,43 @@ def groups(configs: Sequence[Config], max_models: int) -> list[list[Config]]:
     by_key.setdefault(loop.group_key(cfg), []).append(cfg)
   out = []
   for members in by_key.values():
-    out.extend(members[i:i + max_models] for i in range(0, len(members), max_models))
+    count = math.ceil(len(members) / max_models)
+    size, extra = divmod(len(members), count)
+    start = 0
+    for g in range(count):
+      end = start + size + (g < extra)
+      out.append(members[start:end])
+      start = end
   return out
+
+
+def widths(configs: Sequence[Config], max_models: int) -> dict[Config, int]:
+  """group key -> the width of its stacked program: its largest group."""
+  out: dict[Config, int] = {}
+  for members in groups(configs, max_models):
+    key = loop.group_key(members[0])
+    out[key] = max(out.get(key, 0), len(members))
+  return out
+
+
+def resolve_max_models(max_models: int | str, configs: Sequence[Config],
+                       workdir: str | None, stacked: bool) -> int:
+  """`max_models`, with 'auto' resolved: the group size a workdir's sweep.json
+  recorded (so a resumed sweep keeps its groups), else what fits
+  (resources.auto_max_models)."""
+  if max_models != 'auto':
+    return max_models
+  recorded = {}
+  if workdir and os.path.isdir(workdir):
+    recorded = (read_sweep_json(workdir) or {}).get('execution', {})
+  return recorded.get('max_models') or resources.auto_max_models(list(configs), stacked)
+
+
+def group_dir(workdir: str, members: Sequence[Config]) -> str:
+  """Where a group of runs (the whole group, finished members included) keeps its
+  checkpoints: named by a hash of its run ids."""
+  blob = ','.join(run_id(c) for c in members)
+  return os.path.join(workdir, 'groups', hashlib.sha256(blob.encode()).hexdigest()[:12])
 
 
 def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -143,6 +192,10 @@ def result_row(res: loop.RunResult) -> dict[str, Any]:
          'flops': facts['flops'], 'epochs_run': len(res.history)}
   for key in ('train_loss', 'train_acc', 'val_loss', 'val_acc', 'test_loss', 'test_acc'):
     row[key] = final.get(key) if res.status == 'ok' else None
+  best = res.best_epoch if res.status == 'ok' else None
+  row['best_epoch'] = best
+  for key in ('val_loss', 'val_acc', 'test_loss', 'test_acc'):
+    row[f'best_{key}'] = res.history[best - 1].get(key) if best else None
   rates = [h['images_per_s'] for h in res.history[1:]] or [h['images_per_s'] for h in res.history]
   row['images_per_s'] = sorted(rates)[len(rates) // 2] if rates else None
   row['train_seconds'] = res.train_seconds
@@ -156,7 +209,16 @@ def run_dir(workdir: str, cfg: Config) -> str:
   return os.path.join(workdir, 'runs', run_id(cfg))
 
 
-RUN_FILES_BYTES = 256 * 1024  # config, metrics, final.json and TensorBoard files of a run
+# config, metrics, final.json and TensorBoard files of a run; its models on top
+RUN_FILES_BYTES = 256 * 1024
+
+
+def read_variables(workdir: str, cfg: Config, best: bool = False) -> dict[str, Any]:
+  """A finished run's final model ({'params', ...} as host arrays), or its best one."""
+  path = os.path.join(run_dir(workdir, cfg), 'best_variables.msgpack' if best
+                      else 'variables.msgpack')
+  with open(path, 'rb') as f:
+    return serialization.msgpack_restore(f.read())
 
 
 class Unreadable(ValueError):
@@ -218,16 +280,29 @@ def finished_row(workdir: str, cfg: Config, warn=print,
     return None
 
 
-def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False) -> dict[str, Any]:
-  """Writes a finished run's files; final.json last, since it marks the run done."""
+def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False,
+              models: bool = False) -> dict[str, Any]:
+  """Writes a finished run's files; final.json last, since it marks the run done.
+
+  `models`: its final and best models too (variables.msgpack,
+  best_variables.msgpack), from `res.params` and `res.best`.
+  """
   run_dir = os.path.join(workdir, 'runs', run_id(res.config))
   os.makedirs(run_dir, exist_ok=True)
   # Room for the run's files (and its event files): never half of them.
-  workdir_lib.require_space(run_dir, RUN_FILES_BYTES + 1024 * len(res.history))
+  models = models and res.params is not None
+  model_bytes = 2 * 4 * arch.totals(res.config.model)['params'] if models else 0
+  workdir_lib.require_space(run_dir, RUN_FILES_BYTES + 1024 * len(res.history) + model_bytes)
   atomic_write(os.path.join(run_dir, 'config.json'),
                 json.dumps(config_lib.to_dict(res.config), indent=2))
   atomic_write(os.path.join(run_dir, 'metrics.jsonl'),
                 ''.join(json.dumps(h) + '\n' for h in res.history))
+  if models:
+    for name, model in (('variables.msgpack', {'params': res.params, **res.model_state}),
+                        ('best_variables.msgpack', res.best and {
+                            'params': res.best['params'], **res.best['model_state']})):
+      if model:
+        atomic_write(os.path.join(run_dir, name), serialization.msgpack_serialize(model))
   row = result_row(res)
   if tensorboard:
     summaries.write_run(os.path.join(run_dir, 'tensorboard'), res.history, row)
@@ -434,11 +509,12 @@ def _rebuild_results(workdir: str, name: str, rows: list[dict[str, Any]]) -> Non
 
 def run_sweep(sweep: Sweep, workdir: str | None,
               load_data: Callable[[config_lib.DataConfig], data_lib.Dataset] = data_lib.load,
-              max_models: int = 8,
+              max_models: int | str = 8,
               progress: Callable[[str], None] | None = None,
               target_test_acc: float | None = None,
               num_shards: int = 1, shard_index: int = 0,
-              tensorboard: bool = True, vmap: bool | None = None) -> list[dict[str, Any]]:
+              tensorboard: bool = True, vmap: bool | None = None,
+              checkpoint_every: float = 60.0) -> list[dict[str, Any]]:
   """Trains every run of `sweep` (or of one shard of it); returns one row per run.
 
   Each run trains on the data its own config names (`load_data(cfg.data)`),
@@ -454,11 +530,19 @@ def run_sweep(sweep: Sweep, workdir: str | None,
   live runs reach that test accuracy (for time-to-accuracy benchmarks).
   `vmap` is passed to `loop.train_group` (None: per backend); the mode it
   resolves to is recorded in sweep.json, and a workdir is never resumed in
-  the other mode.
+  the other mode. `max_models='auto'`: as many runs per program as the
+  device's memory holds (resources.auto_max_models), or the group size a
+  workdir recorded when it resumes. Groups checkpoint every
+  `checkpoint_every` seconds (0: every epoch), at their end and on a signal.
   """
   say = progress or (lambda line: None)
   warn = progress or (lambda line: print(line, file=sys.stderr, flush=True))
   configs = expand(sweep)
+  stacked = loop.resolve_vmap(vmap)
+  if max_models == 'auto':
+    max_models = resolve_max_models(max_models, configs, workdir, stacked)
+    say(f'--max_models=auto: up to {max_models} runs per program')
+  width_of = widths(configs, max_models)
   batches = shard(configs, max_models, num_shards, shard_index)
   mine = [c for members in batches for c in members]
   datasets = load_datasets(mine, load_data)
@@ -467,29 +551,38 @@ def run_sweep(sweep: Sweep, workdir: str | None,
   for data_cfg, ds in datasets.items():
     say(f'{ds.name} from {ds.source}: {len(ds.train_images)} train, {len(ds.val_images)} '
         f'validation, {len(ds.test_images)} test examples')
-  stacked = loop.resolve_vmap(vmap)
   resources.check_fits([[loop.with_input_shape(c, datasets[c.data]) for c in members]
                         for members in batches], stacked)
+  plan = _Plan(batches, width_of, datasets, stacked, checkpoint_every)
   if not workdir:
-    return _train(None, batches, datasets, {}, say, target_test_acc, tensorboard,
-                  stacked, 'results')
+    return _train(None, plan, {}, say, target_test_acc, tensorboard, 'results')
   name = results_name(num_shards, shard_index)
   check_writable(workdir)
   with workdir_lib.sweep_lock(workdir, num_shards, shard_index):
     claim_workdir(workdir, sweep, execution(stacked, max_models))
     for path in workdir_lib.clean_temporaries(
-        [run_dir(workdir, c) for c in mine] + _results_paths(workdir, name)
-        + [os.path.join(workdir, 'sweep.json')]):
+        [run_dir(workdir, c) for c in mine] + [group_dir(workdir, m) for m in batches]
+        + _results_paths(workdir, name) + [os.path.join(workdir, 'sweep.json')]):
       say(f'removed {path}, left by an interrupted process')
     finished = {run_id(c): finished_row(workdir, c, warn, datasets[c.data].fingerprint)
                 for c in mine}
-    return _train(workdir, batches, datasets, finished, say, target_test_acc,
-                  tensorboard, stacked, name)
+    return _train(workdir, plan, finished, say, target_test_acc, tensorboard, name)
 
 
-def _train(workdir, batches, datasets, finished, say, target_test_acc, tensorboard,
-           stacked, results_name) -> list[dict[str, Any]]:
-  """Trains the unfinished runs of `batches`, group by group; see run_sweep."""
+@dataclasses.dataclass
+class _Plan:
+  """What a process trains: its groups, their program widths, data and cadence."""
+  batches: list[list[Config]]
+  width_of: dict[Config, int]
+  datasets: dict[config_lib.DataConfig, data_lib.Dataset]
+  stacked: bool
+  checkpoint_every: float
+
+
+def _train(workdir, plan, finished, say, target_test_acc, tensorboard,
+           results_name) -> list[dict[str, Any]]:
+  """Trains the unfinished runs of `plan`, group by group; see run_sweep."""
+  batches = plan.batches
   mine = [c for members in batches for c in members]
   rows: dict[str, dict[str, Any]] = {k: v for k, v in finished.items() if v}
   if rows:
@@ -497,13 +590,14 @@ def _train(workdir, batches, datasets, finished, say, target_test_acc, tensorboa
   if workdir:
     _rebuild_results(workdir, results_name, [rows[run_id(c)] for c in mine
                                              if run_id(c) in rows])
-  todo = [[c for c in members if run_id(c) not in rows] for members in batches]
-  todo = [members for members in todo if members]
-  done_epochs, total_epochs = 0, sum(c.epochs for members in todo for c in members)
+  todo = [(whole, [c for c in whole if run_id(c) not in rows]) for whole in batches]
+  todo = [(whole, members) for whole, members in todo if members]
+  done_epochs = 0
+  total_epochs = sum(c.epochs for _, members in todo for c in members)
   start = time.perf_counter()
   first = 0
-  total = sum(len(m) for m in todo)
-  for members in todo:
+  total = sum(len(m) for _, m in todo)
+  for whole, members in todo:
     label = (f'run {first + 1} of {total}' if len(members) == 1 else
              f'runs {first + 1}-{first + len(members)} of {total}')
 
@@ -524,19 +618,22 @@ def _train(workdir, batches, datasets, finished, say, target_test_acc, tensorboa
       return bool(target_test_acc and live and all(
           h.get('test_acc', 0) >= target_test_acc for h in live))
 
-    checkpoint_dirs = ([os.path.join(run_dir(workdir, c), 'checkpoints') for c in members]
-                       if workdir else None)
-    results = loop.train_group(members, datasets[members[0].data], on_epoch,
-                               keep_params=False, vmap=stacked,
-                               checkpoint_dirs=checkpoint_dirs)
+    checkpoints = group_dir(workdir, whole) if workdir else None
+    results = loop.train_group(members, plan.datasets[members[0].data], on_epoch,
+                               keep_params=bool(workdir), vmap=plan.stacked,
+                               checkpoint_dir=checkpoints,
+                               run_ids=[run_id(c) for c in members],
+                               checkpoint_every=plan.checkpoint_every,
+                               width=plan.width_of[loop.group_key(members[0])], say=say)
     for res in results:
       if res.status == 'diverged':
         say(f'[{label}] seed {res.config.seed}: diverged (non-finite loss) in '
             f'epoch {res.diverged_epoch}; the sweep goes on')
-      rows[run_id(res.config)] = (write_run(workdir, res, tensorboard) if workdir
-                                  else result_row(res))
+      rows[run_id(res.config)] = (write_run(workdir, res, tensorboard, models=True)
+                                  if workdir else result_row(res))
     if workdir:
       write_results(workdir, [rows[run_id(c)] for c in mine if run_id(c) in rows],
                     results_name)
+      shutil.rmtree(checkpoints, ignore_errors=True)  # every run of it is written
     first += len(members)
   return [rows[run_id(c)] for c in mine if run_id(c) in rows]

@@ -19,6 +19,9 @@ inside one compiled `lax.scan`, with the dataset resident on the device, and
 `evaluate` scans over padded, masked batches so every example counts once.
 Both have `_many` variants, vmapped over a leading model axis: models that
 differ only in seed or numeric hyperparameters train in one program.
+`epoch_and_evaluate` (and `_many`) is what the training loop runs: an epoch,
+the evaluation of every split and the best-on-validation record, in one
+program, so a group costs one compilation and one host sync per epoch.
 """
 import functools
 from typing import Any
@@ -165,6 +168,63 @@ train_epoch = jax.jit(_train_epoch, donate_argnums=0,
 evaluate = jax.jit(_evaluate, static_argnames='batch_size')
 
 
+def _select(keep_new, new, old):
+  """`new` where `keep_new` (a scalar bool), else `old`, leaf by leaf."""
+  return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
+
+
+def initial_best(state: TrainState):
+  """The best-on-validation record of a run that has not trained: its start."""
+  return {'params': state.params, 'model_state': state.model_state,
+          'val_correct': jnp.asarray(-1, jnp.int32)}
+
+
+def _epoch_and_evaluate(state: TrainState, best, active, images, labels, data_key, epoch,
+                        splits, batch_size: int, eval_batch_size: int,
+                        augment_shift: int = 0, batch_sharding=None):
+  """One run's epoch `epoch` and its evaluation on every split, in one program.
+
+  The epoch's data order is `fold_in(data_key, epoch)`, so a resumed run sees
+  the order it would have. A run that is not `active` (stopped, diverged, or
+  a padding slot of a stacked group) is computed but keeps its state.
+  `best` ({'params', 'model_state', 'val_correct'}) is the model with the most
+  correct validation answers so far, the earliest of ties; without a
+  validation split it is the last model. `splits`: {name: (images, labels)}.
+  Returns (state, best, train metrics, {split: eval sums}).
+  """
+  key = jax.random.fold_in(data_key, epoch)
+  trained, metrics = _train_epoch(state, images, labels, key, batch_size, batch_sharding,
+                                  augment_shift)
+  state = _select(active, trained, state)
+  evals = {name: _evaluate(state, x, y, eval_batch_size) for name, (x, y) in splits.items()}
+  if 'val' in evals:
+    better = active & (evals['val']['correct'] > best['val_correct'])
+    correct = evals['val']['correct']
+  else:
+    better, correct = active, best['val_correct']
+  best = _select(better, {'params': state.params, 'model_state': state.model_state,
+                          'val_correct': correct}, best)
+  return state, best, metrics, evals
+
+
+_STATIC = ('batch_size', 'eval_batch_size', 'augment_shift', 'batch_sharding')
+epoch_and_evaluate = jax.jit(_epoch_and_evaluate, static_argnames=_STATIC,
+                             donate_argnums=(0, 1))
+
+
+def _epoch_and_evaluate_many(states, bests, active, images, labels, data_keys, epoch, splits,
+                             batch_size: int, eval_batch_size: int, augment_shift: int = 0):
+  # A leading model axis on the states, bests, active flags and keys; the data is shared.
+  one = functools.partial(_epoch_and_evaluate, batch_size=batch_size,
+                          eval_batch_size=eval_batch_size, augment_shift=augment_shift)
+  return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0, None, None))(
+      states, bests, active, images, labels, data_keys, epoch, splits)
+
+
+epoch_and_evaluate_many = jax.jit(_epoch_and_evaluate_many,
+                                  static_argnames=_STATIC[:3], donate_argnums=(0, 1))
+
+
 def _train_epoch_many(states, images, labels, keys, batch_size: int, augment_shift: int = 0):
   # A leading model axis on the state and the key; the data is shared.
   epoch = functools.partial(_train_epoch, batch_size=batch_size, augment_shift=augment_shift)
@@ -178,26 +238,24 @@ evaluate_many = jax.jit(jax.vmap(_evaluate, in_axes=(0, None, None, None)),
 
 
 def many_over_devices(mesh, batch_size: int, eval_batch_size: int, augment_shift: int = 0):
-  """(train_epoch, evaluate) over models split along `mesh`'s 'models' axis.
+  """`epoch_and_evaluate_many` over models split along `mesh`'s 'models' axis.
 
-  The same functions as `train_epoch_many`/`evaluate_many`, but under
-  `shard_map`: every device trains and evaluates its own slice of the models
-  with no communication at all, so custom calls inside (the native CPU
+  Under `shard_map`, every device trains and evaluates its own slice of the
+  models with no communication at all, so custom calls inside (the native CPU
   kernels, which XLA cannot partition) run on local shapes instead of being
-  gathered and repeated on every device. Arguments as for the `_many`
-  functions, without the batch sizes.
+  gathered and repeated on every device. Arguments as for
+  `epoch_and_evaluate_many`, without the static ones.
   """
   models, shared = PartitionSpec('models'), PartitionSpec()
-  epoch = jax.vmap(functools.partial(_train_epoch, batch_size=batch_size,
-                                     augment_shift=augment_shift),
-                   in_axes=(0, None, None, 0))
-  evaluate_ = jax.vmap(functools.partial(_evaluate, batch_size=eval_batch_size),
-                       in_axes=(0, None, None))
+  fn = functools.partial(_epoch_and_evaluate_many, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, augment_shift=augment_shift)
   # check_vma=False: custom calls do not carry shard_map's per-axis type
   # annotations, and nothing here crosses devices anyway.
-  shard = functools.partial(jax.shard_map, mesh=mesh, out_specs=models, check_vma=False)
-  return (jax.jit(shard(epoch, in_specs=(models, shared, shared, models)), donate_argnums=0),
-          jax.jit(shard(evaluate_, in_specs=(models, shared, shared))))
+  sharded = jax.shard_map(fn, mesh=mesh, check_vma=False,
+                          in_specs=(models, models, models, shared, shared, models, shared,
+                                    shared),
+                          out_specs=models)
+  return jax.jit(sharded, donate_argnums=(0, 1))
 
 
 def stack(trees):

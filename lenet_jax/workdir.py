@@ -8,8 +8,11 @@
   files of processes that are gone, orbax's `*.orbax-checkpoint-tmp*`
   directories), only inside paths the caller's lock protects.
 * `deferred_signals`: SIGINT and SIGTERM that arrive during a write take effect
-  (as KeyboardInterrupt) once the write is complete, so an interrupted sweep
-  leaves whole files only.
+  once the write is complete (the handler outside runs then, or a
+  KeyboardInterrupt is raised), so an interrupted sweep leaves whole files only.
+* `stop_requests`: SIGINT/SIGTERM ask the training loop to stop at its next
+  safe point (after the epoch in progress, with a checkpoint); a second one
+  stops at once. SIGUSR1 asks for a checkpoint and training goes on.
 * `DiskFull`: a write that failed for lack of space, naming the directory.
 """
 import contextlib
@@ -60,7 +63,9 @@ _deferred = threading.local()
 
 @contextlib.contextmanager
 def deferred_signals():
-  """Holds SIGINT/SIGTERM until the block ends, then raises KeyboardInterrupt.
+  """Holds SIGINT/SIGTERM until the block ends, then hands the first one to the
+  handler that was there before (raising KeyboardInterrupt where that was the
+  default action).
 
   Only in the main thread (signal handlers can only be set there); nested
   blocks defer to the outermost one.
@@ -80,7 +85,53 @@ def deferred_signals():
     for s, h in previous.items():
       signal.signal(s, h)
   if received:
-    raise KeyboardInterrupt
+    before = previous[received[0]]
+    if callable(before):
+      before(received[0], None)
+    elif before != signal.SIG_IGN:
+      raise KeyboardInterrupt
+
+
+class StopRequests:
+  """What signals have asked of the training loop (see `stop_requests`)."""
+
+  def __init__(self):
+    self.stop = False  # SIGINT/SIGTERM: checkpoint, then end with KeyboardInterrupt
+    self.checkpoint = False  # SIGUSR1: checkpoint, then go on
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """SIGINT/SIGTERM and SIGUSR1 as requests that the block answers at safe points.
+
+  The first SIGINT or SIGTERM sets `stop` (a scheduler's SIGTERM before a
+  preemption, or Ctrl-C, gets a checkpoint of the epoch in progress); a second
+  one raises KeyboardInterrupt at once. SIGUSR1 sets `checkpoint`. Outside the
+  main thread the handlers cannot be set and nothing is ever requested.
+  """
+  requests = StopRequests()
+  if threading.current_thread() is not threading.main_thread():
+    yield requests
+    return
+
+  def on_stop(signum, frame):
+    del signum, frame
+    if requests.stop:
+      raise KeyboardInterrupt
+    requests.stop = True
+
+  def on_checkpoint(signum, frame):
+    del signum, frame
+    requests.checkpoint = True
+
+  previous = {signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+              signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+              signal.SIGUSR1: signal.signal(signal.SIGUSR1, on_checkpoint)}
+  try:
+    yield requests
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def atomic_write(path: str, data: str | bytes) -> None:

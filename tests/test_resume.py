@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from lenet_jax.checkpoint import RunCheckpoints
+from lenet_jax import sweep as sweep_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,9 +55,18 @@ def _kill_when(cmd, ready, timeout=300):
 
 def _final_params(workdir):
   """run id -> that run's final parameters, for every run in `workdir`."""
-  runs = glob.glob(os.path.join(workdir, 'runs', '*'))
-  return {os.path.basename(run): RunCheckpoints(os.path.join(run, 'checkpoints')).final_params()
-          for run in runs}
+  from flax import serialization  # pylint: disable=import-outside-toplevel
+  params = {}
+  for run in glob.glob(os.path.join(workdir, 'runs', '*')):
+    with open(os.path.join(run, 'variables.msgpack'), 'rb') as f:
+      params[os.path.basename(run)] = serialization.msgpack_restore(f.read())['params']
+  return params
+
+
+def _checkpoints(workdir):
+  """The group checkpoints (complete orbax steps) in `workdir`."""
+  return [p for p in glob.glob(os.path.join(workdir, 'groups', '*', '*'))
+          if os.path.basename(p).isdigit()]
 
 
 def _assert_same_params(want, got):
@@ -69,12 +78,13 @@ def _assert_same_params(want, got):
         np.testing.assert_array_equal(got[run][layer][name], layers[layer][name])
 
 
+@pytest.mark.cpu_bitwise
 def test_sigkill_in_an_epoch_then_rerun_gives_identical_parameters(idx_dir, tmp_path):
   clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
   assert _run(_cmd(idx_dir, clean, '--epochs=4')).returncode == 0
-  cmd = _cmd(idx_dir, killed, '--epochs=4')
+  cmd = _cmd(idx_dir, killed, '--epochs=4', '--checkpoint_every_secs=0')
   # Kill once the first epoch's checkpoint is complete: the second epoch is under way.
-  assert _kill_when(cmd, lambda: glob.glob(os.path.join(killed, 'runs', '*', 'checkpoints', '1')))
+  assert _kill_when(cmd, lambda: glob.glob(os.path.join(killed, 'groups', '*', '1')))
   assert not glob.glob(os.path.join(killed, 'runs', '*', 'final.json'))
   proc = _run(cmd)
   assert proc.returncode == 0, proc.stderr
@@ -272,13 +282,15 @@ def test_a_workdir_is_never_resumed_in_the_other_group_mode(idx_dir, tmp_path):
   assert 'resume with --group_mode=vmap --max_models=8' in proc.stderr
 
 
+@pytest.mark.cpu_bitwise
 def test_a_vmap_sweep_killed_mid_group_resumes_to_the_uninterrupted_results(idx_dir, tmp_path):
   sweep = ['--epochs=3', '--seeds=2', '--learning_rate=1e-3,3e-3', '--group_mode=vmap',
            '--tensorboard=false']
   clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
   assert _run(_cmd(idx_dir, clean, *sweep)).returncode == 0
-  cmd = _cmd(idx_dir, killed, *sweep)
-  assert _kill_when(cmd, lambda: glob.glob(os.path.join(killed, 'runs', '*', 'checkpoints', '1')))
+  cmd = _cmd(idx_dir, killed, *sweep, '--checkpoint_every_secs=0')
+  # The group's first checkpoint: its 4 runs have done one epoch each.
+  assert _kill_when(cmd, lambda: _checkpoints(killed))
   proc = _run(cmd)
   assert proc.returncode == 0, proc.stderr
   key = lambda rows: {r['run_id']: (r['train_loss'], r['val_acc'], r['test_acc'])
@@ -332,7 +344,11 @@ def test_a_second_process_on_a_workdir_or_shard_is_refused_with_the_holders_pid(
   assert open(workdir / '.lock.shard-1-of-2').read() == ''  # released
 
 
-def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_exactly(idx_dir, tmp_path):
+@pytest.mark.cpu_bitwise
+def test_ctrl_c_and_sigterm_checkpoint_the_epoch_in_progress_and_resume_exactly(
+    idx_dir, tmp_path):
+  """At the default cadence nothing is saved mid-run: the signal's own checkpoint
+  (after the epoch in progress) is what the rerun resumes from."""
   clean = str(tmp_path / 'clean')
   assert _run(_cmd(idx_dir, clean, '--epochs=12')).returncode == 0
   want = _final_params(clean)
@@ -341,15 +357,20 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume_exactly(idx_dir, tmp_path):
     stopped = str(tmp_path / sig.name)
     cmd = _cmd(idx_dir, stopped, '--epochs=12')
     proc = _start(cmd)
-    _wait_for(lambda: glob.glob(os.path.join(stopped, 'runs', '*', 'checkpoints', '1')))
-    assert proc.poll() is None
+    for line in proc.stdout:  # training has begun
+      if '] epoch 1/12' in line:
+        break
+    assert proc.poll() is None and not _checkpoints(stopped)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (sig, stderr)
     assert 'interrupted; every finished run and epoch checkpoint is in' in stderr
     assert 'Traceback' not in stderr
+    assert len(_checkpoints(stopped)) == 1  # the signal's
     assert not glob.glob(os.path.join(stopped, '**', '*.tmp[0-9]*'), recursive=True)
-    assert _run(cmd).returncode == 0
+    resumed = _run(cmd)
+    assert resumed.returncode == 0
+    assert '] epoch 1/12' not in resumed.stdout  # it did not start over
     _assert_same_params(want, _final_params(stopped))
 
 
@@ -372,7 +393,9 @@ def test_damaged_result_files_are_rebuilt_or_retrained(idx_dir, tmp_path):
   for path in stale:
     with open(path, 'w') as f:
       f.write('partial')
-  orbax_tmp = run(2, os.path.join('checkpoints', '2.orbax-checkpoint-tmp-1234'))
+  group = os.path.join(workdir, 'groups', sweep_lib.hashlib.sha256(
+      ','.join(ids).encode()).hexdigest()[:12])  # the sweep's one group (sweep.group_dir)
+  orbax_tmp = os.path.join(group, '2.orbax-checkpoint-tmp-1234')
   os.makedirs(orbax_tmp)
   proc = _run(cmd)
   assert proc.returncode == 0, proc.stderr
@@ -417,9 +440,10 @@ def test_merge_and_empty_shards_never_name_a_file_they_did_not_write(idx_dir, tm
 def test_a_full_disk_is_named_and_what_finished_is_kept(idx_dir, tmp_path):
   mount = tmp_path / 'small'
   mount.mkdir()
-  # A finished run keeps about 360 kB (its last checkpoint included) and needs more
-  # while saving; 1200 kB holds the first run with room to spare under load, 8 never.
-  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1200k', 'tmpfs', str(mount)],
+  # A finished run keeps about 72 kB and asks for 256 kB free before its files are
+  # written (sweep.RUN_FILES_BYTES), its group checkpoint about 200 kB while saved:
+  # 600 kB holds the first runs with room to spare under load, 8 never.
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs', str(mount)],
                         capture_output=True, text=True)
   assert done.returncode == 0, f'this test mounts a small tmpfs, as root: {done.stderr}'
   try:

@@ -1,6 +1,7 @@
 """Pure train/eval steps: fitting, determinism, exact evaluation, foreign models, divergence."""
 import os
 import re
+import signal
 
 import flax.linen as nn
 import jax
@@ -205,17 +206,18 @@ def test_augment_shift_must_fit_the_image(shift):
     validation.check_config(tiny_config(**{'data.augment_shift': shift}))
 
 
+@pytest.mark.cpu_bitwise
 @pytest.mark.parametrize('vmap', [False, True])
 def test_an_interrupted_run_resumes_to_identical_parameters(tmp_path, vmap):
   ds = tiny_dataset(n_train=256)
   configs = [tiny_config(epochs=3, seed=s) for s in (0, 1)]
-  dirs = [str(tmp_path / f'run{s}') for s in (0, 1)]
+  group = str(tmp_path / 'group')
   uninterrupted = loop.train_group(configs, ds, vmap=vmap)
   # Stop after the first epoch, as a kill would, then run the same thing again.
   stopped = loop.train_group(configs, ds, on_epoch=lambda epoch, _: epoch == 0,
-                             checkpoint_dirs=dirs, vmap=vmap)
+                             checkpoint_dir=group, vmap=vmap, checkpoint_every=0)
   assert [len(r.history) for r in stopped] == [1, 1]
-  resumed = loop.train_group(configs, ds, checkpoint_dirs=dirs, vmap=vmap)
+  resumed = loop.train_group(configs, ds, checkpoint_dir=group, vmap=vmap)
   for a, b in zip(uninterrupted, resumed):
     assert [h['epoch'] for h in b.history] == [1, 2, 3]
     assert [h['train_loss'] for h in a.history] == [h['train_loss'] for h in b.history]
@@ -223,21 +225,31 @@ def test_an_interrupted_run_resumes_to_identical_parameters(tmp_path, vmap):
       np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.cpu_bitwise
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
   ds = tiny_dataset(n_train=256)
   cfg = tiny_config(epochs=3)
-  run_dir = tmp_path / 'run'
-  loop.train_group([cfg], ds, on_epoch=lambda epoch, _: epoch == 1,
-                   checkpoint_dirs=[str(run_dir)])
-  assert sorted(p.name for p in run_dir.iterdir() if p.name.isdigit()) == ['1', '2']
-  for path in (run_dir / '2').rglob('*'):  # damage every file of the newest checkpoint
+  group = tmp_path / 'group'
+  loop.train_group([cfg], ds, on_epoch=lambda epoch, _: epoch == 1, checkpoint_dir=str(group),
+                   checkpoint_every=0)
+  assert sorted(p.name for p in group.iterdir() if p.name.isdigit()) == ['1', '2']
+  for path in (group / '2').rglob('*'):  # damage every file of the newest checkpoint
     if path.is_file():
       path.write_bytes(b'garbage')
-  [resumed] = loop.train_group([cfg], ds, checkpoint_dirs=[str(run_dir)])
+  [resumed] = loop.train_group([cfg], ds, checkpoint_dir=str(group))
   assert 'is corrupt or incomplete' in capsys.readouterr().out
   [clean] = loop.train_group([cfg], ds)
   for x, y in zip(jax.tree.leaves(clean.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_a_checkpoint_of_other_runs_is_not_used(tmp_path, capsys):
+  ds = tiny_dataset(n_train=256)
+  group = str(tmp_path / 'group')
+  loop.train_group([tiny_config(epochs=1)], ds, checkpoint_dir=group, run_ids=['a'])
+  [res] = loop.train_group([tiny_config(epochs=2)], ds, checkpoint_dir=group, run_ids=['b'])
+  assert 'does not fit its group' in capsys.readouterr().out
+  assert [h['epoch'] for h in res.history] == [1, 2]
 
 
 def _assert_same_runs(want, got):
@@ -250,45 +262,78 @@ def _assert_same_runs(want, got):
       np.testing.assert_array_equal(x, y)
 
 
-def test_a_stacked_group_killed_between_two_members_saves_resumes_exactly(
-    tmp_path, monkeypatch):
-  """Member 0 has saved epoch 2, member 1 has not: the group resumes from epoch 1
-  for both (deleting member 0's epoch 2, which it writes again)."""
-  from lenet_jax.checkpoint import RunCheckpoints  # pylint: disable=import-outside-toplevel
+@pytest.mark.cpu_bitwise
+@pytest.mark.parametrize('vmap', [True, False])
+def test_sigterm_saves_the_epoch_in_progress_and_resumes_exactly(tmp_path, vmap):
+  """SIGTERM asks for a stop: the group finishes the epoch (in turn: the member)
+  in progress, saves, and ends with KeyboardInterrupt; the save came from the
+  signal, not the cadence. In turn the members are then an epoch apart."""
   ds = tiny_dataset(n_train=256)
   configs = [tiny_config(epochs=3, seed=s) for s in (0, 1)]
-  dirs = [str(tmp_path / f'run{s}') for s in (0, 1)]
-  uninterrupted = loop.train_group(configs, ds, vmap=True)
-  save = RunCheckpoints.save
-
-  def killed_at_member_1_epoch_2(self, epochs_done, state, history):
-    if epochs_done == 2 and self.directory.endswith('run1'):
-      raise KeyboardInterrupt
-    save(self, epochs_done, state, history)
-
-  monkeypatch.setattr(RunCheckpoints, 'save', killed_at_member_1_epoch_2)
+  group = tmp_path / 'group'
+  uninterrupted = loop.train_group(configs, ds, vmap=vmap)
+  term = lambda epoch, _: os.kill(os.getpid(), signal.SIGTERM) if epoch == 0 else None
   with pytest.raises(KeyboardInterrupt):
-    loop.train_group(configs, ds, checkpoint_dirs=dirs, vmap=True)
-  monkeypatch.setattr(RunCheckpoints, 'save', save)
-  assert sorted(os.listdir(dirs[0])) == ['1', '2'] and sorted(os.listdir(dirs[1])) == ['1']
-  for _ in range(2):  # resumes, and a second rerun finds the run finished as well
-    resumed = loop.train_group(configs, ds, checkpoint_dirs=dirs, vmap=True)
+    loop.train_group(configs, ds, on_epoch=term, checkpoint_dir=str(group), vmap=vmap,
+                     checkpoint_every=1e9)
+  # Stacked both did epoch 2; in turn member 0 did, member 1 had not started it.
+  assert [p.name for p in group.iterdir() if p.name.isdigit()] == ['4' if vmap else '3']
+  for _ in range(2):  # resumes, and a second rerun finds the runs finished as well
+    resumed = loop.train_group(configs, ds, checkpoint_dir=str(group), vmap=vmap)
     _assert_same_runs(uninterrupted, resumed)
 
 
+@pytest.mark.cpu_bitwise
 @pytest.mark.parametrize('vmap', [True, False])
 def test_a_group_with_a_diverged_member_resumes_exactly(tmp_path, vmap):
-  """The diverged run's checkpoint records its divergence, so it is not trained
+  """The diverged run's history records its divergence, so it is not trained
   again and does not hold the others back."""
   ds = tiny_dataset(n_train=256)
   sgd = {'optim.optimizer': 'sgd', 'optim.schedule': 'constant'}
   configs = [tiny_config(epochs=4, seed=0, **sgd, **{'optim.learning_rate': 0.1}),
              tiny_config(epochs=4, seed=1, **sgd, **{'optim.learning_rate': 1e12})]
-  dirs = [str(tmp_path / f'run{s}') for s in (0, 1)]
+  group = str(tmp_path / 'group')
   uninterrupted = loop.train_group(configs, ds, vmap=vmap)
   assert uninterrupted[1].status == 'diverged' and uninterrupted[1].diverged_epoch == 1
   stopped = loop.train_group(configs, ds, on_epoch=lambda epoch, _: epoch == 2,
-                             checkpoint_dirs=dirs, vmap=vmap)
+                             checkpoint_dir=group, vmap=vmap, checkpoint_every=0)
   assert [len(r.history) for r in stopped] == [3, 1]
-  resumed = loop.train_group(configs, ds, checkpoint_dirs=dirs, vmap=vmap)
+  resumed = loop.train_group(configs, ds, checkpoint_dir=group, vmap=vmap)
   _assert_same_runs(uninterrupted, resumed)
+
+
+@pytest.mark.parametrize('vmap', [True, False])
+def test_patience_stops_a_run_while_the_others_go_on(vmap):
+  """A run whose validation accuracy stops improving stops updating; its best
+  model is the one of its best validation epoch, and the others train on."""
+  ds = tiny_dataset(n_train=256)
+  sgd = {'optim.optimizer': 'sgd', 'optim.schedule': 'constant'}
+  # A zero-ish rate never improves on its first epoch; a good one keeps going.
+  configs = [tiny_config(epochs=6, seed=0, patience=2, **sgd, **{'optim.learning_rate': 1e-9}),
+             tiny_config(epochs=6, seed=1, patience=2, **sgd, **{'optim.learning_rate': 0.1})]
+  slow, good = loop.train_group(configs, ds, vmap=vmap)
+  assert slow.status == 'ok' and len(slow.history) == slow.best_epoch + 2 < 6
+  assert len(good.history) > len(slow.history)
+  again = loop.train_group([configs[0]], ds)[0]  # alone, the same stop
+  assert len(again.history) == len(slow.history)
+  for res in (slow, good):
+    best = res.history[res.best_epoch - 1]
+    assert best['val_acc'] == max(h['val_acc'] for h in res.history)
+    logits = LeNet5(res.config.model).apply({'params': res.best['params']},
+                                            ds.val_images.astype(np.float32) / 255)
+    np.testing.assert_allclose(np.mean(np.argmax(logits, -1) == ds.val_labels),
+                               best['val_acc'], atol=1 / len(ds.val_labels))
+
+
+@pytest.mark.cpu_bitwise
+def test_groups_of_one_architecture_share_one_compiled_program():
+  """A narrower group is padded to the program's width: no new compilation, and
+  its runs train bitwise as in a full group."""
+  ds = tiny_dataset(n_train=256)
+  loop.clear_programs()
+  configs = [tiny_config(epochs=1, seed=s) for s in range(3)]
+  full = loop.train_group(configs, ds, vmap=True)
+  padded = loop.train_group(configs[:2], ds, vmap=True, width=3)
+  [program] = loop._PROGRAMS.values()  # pylint: disable=protected-access
+  assert len(program.epochs) == 1
+  _assert_same_runs(full[:2], padded)
