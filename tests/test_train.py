@@ -243,6 +243,23 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.cpu_bitwise
+def test_a_group_resumes_the_members_that_have_not_finished(tmp_path):
+  """After some members were written, the rest of the group resumes from the
+  group's checkpoint (which holds them all)."""
+  ds = tiny_dataset(n_train=256)
+  configs = [tiny_config(epochs=3, seed=s) for s in (0, 1)]
+  group = str(tmp_path / 'group')
+  uninterrupted = loop.train_group(configs, ds)
+  loop.train_group(configs, ds, on_epoch=lambda epoch, _: epoch == 0, checkpoint_dir=group,
+                   run_ids=['a', 'b'], checkpoint_every=0)
+  epochs = []
+  [b] = loop.train_group(configs[1:], ds, checkpoint_dir=group, run_ids=['b'],
+                         on_epoch=lambda epoch, _: epochs.append(epoch + 1))
+  assert epochs == [2, 3]  # epoch 1 came from the checkpoint
+  _assert_same_runs(uninterrupted[1:], [b])
+
+
 def test_a_checkpoint_of_other_runs_is_not_used(tmp_path, capsys):
   ds = tiny_dataset(n_train=256)
   group = str(tmp_path / 'group')
