@@ -182,7 +182,11 @@ def _merge(sweep, sweep_lib) -> int:
     print(f'error: --workdir={FLAGS.workdir} does not exist, so there is nothing to merge; '
           'give the --workdir the shards wrote to.', file=sys.stderr)
     return 2
-  rows, missing, unreadable = sweep_lib.merge(sweep, FLAGS.workdir)
+  try:
+    rows, missing, unreadable = sweep_lib.merge(sweep, FLAGS.workdir)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   print(sweep_lib.summary_table(rows))
   print(f'\n{len(rows)} of {len(rows) + len(missing)} runs finished', end='')
   print(f'; results: {os.path.join(FLAGS.workdir, "results.csv")}' if rows else
@@ -199,6 +203,10 @@ def _check_run_flags() -> None:
   acc = FLAGS.target_test_acc
   if acc is not None and not 0 < acc <= 1:  # NaN fails this too
     raise ValueError(f'--target_test_acc={acc} must be an accuracy in (0, 1].')
+  if FLAGS.num_shards != 1 and not FLAGS.workdir:
+    raise ValueError(f'--num_shards={FLAGS.num_shards} splits a sweep over processes that '
+                     'share one --workdir (where each writes its runs and --merge gathers '
+                     'them); give --workdir=DIR.')
   every = FLAGS.checkpoint_every_secs
   if not every >= 0 or every == float('inf'):  # NaN fails this too
     raise ValueError(f'--checkpoint_every_secs={every} must be a finite number of seconds '

@@ -129,6 +129,20 @@ def with_input_shape(cfg: Config, dataset: Dataset) -> Config:
   return config_lib.override(cfg, {'model.input_shape': shape})
 
 
+def check_against_data(cfg: Config, dataset: Dataset) -> None:
+  """What `cfg` asks of its data, once the data is split; ValueError naming the fix."""
+  train_size = len(dataset.train_images)
+  if cfg.batch_size > train_size:
+    raise ValueError(
+        f'batch_size={cfg.batch_size} is larger than the {train_size} training examples '
+        f'of {dataset.name} (after {len(dataset.val_images)} are held out for validation); '
+        'use a smaller --batch_size or --validation_size.')
+  if cfg.patience is not None and not len(dataset.val_images):
+    raise ValueError(f'patience={cfg.patience} stops a run by its validation accuracy, but '
+                     f'{dataset.name} has no validation examples here: give a '
+                     'validation_size > 0, or leave patience unset.')
+
+
 def _summarise(totals) -> tuple[float, float]:
   count = max(int(totals['count']), 1)
   return float(totals['loss_sum']) / count, int(totals['correct']) / count
@@ -259,10 +273,8 @@ def train_group(configs: list[Config], dataset: Dataset,
   splits = {name: (jnp.asarray(x), jnp.asarray(y)) for name, x, y in (
       ('val', dataset.val_images, dataset.val_labels),
       ('test', dataset.test_images, dataset.test_labels)) if len(x)}
+  check_against_data(base, dataset)
   steps = len(images) // base.batch_size
-  if steps == 0:
-    raise ValueError(f'batch_size={base.batch_size} is larger than the '
-                     f'{len(images)} training examples; use a smaller batch.')
   width = max(width or count, count)
   stacked = width > 1 and resolve_vmap(vmap)
   width = width if stacked else count

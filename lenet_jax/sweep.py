@@ -390,6 +390,17 @@ _FLAG_OF = {'group_mode': '--group_mode', 'max_models': '--max_models',
             'devices': 'the number of devices'}
 
 
+def sweep_difference(recorded: dict[str, Any], described: dict[str, Any]) -> str:
+  """The fields in which two `_describe`d sweeps differ, for a message (the first few)."""
+  flat = lambda d: {'.'.join(k for k in (path, name) if k): v for path, sub in (
+      ('', {'seeds': d.get('seeds')}), ('axes', d.get('axes') or {}),
+      ('base', _flat(d.get('base') or {}))) for name, v in sub.items()}
+  then, now = flat(recorded), flat(described)
+  differ = [f'{k}: {then.get(k)!r} there, {now.get(k)!r} here'
+            for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+  return '; '.join(differ[:4]) + ('; ...' if len(differ) > 4 else '')
+
+
 def claim_workdir(workdir: str, sweep: Sweep, how: dict[str, Any]) -> None:
   """Records the sweep and how it trains (`execution`) in `workdir`, refusing a
   workdir that holds another sweep or the same sweep trained another way."""
@@ -402,8 +413,9 @@ def claim_workdir(workdir: str, sweep: Sweep, how: dict[str, Any]) -> None:
     return
   if {k: v for k, v in recorded.items() if k != 'execution'} != _describe(sweep):
     raise ValueError(f'--workdir={workdir} holds results of a different sweep '
-                     f'(see {path}); use a new --workdir for this one, or the '
-                     'same flags as before to resume that sweep.')
+                     f'({sweep_difference(recorded, _describe(sweep))}; see {path}); use a '
+                     'new --workdir for this one, or the same flags as before to resume '
+                     'that sweep.')
   before = recorded.get('execution', {})
   if before != how:
     differ = ', '.join(f'{_FLAG_OF[k]} {before.get(k)!r} then, {how.get(k)!r} now'
@@ -423,6 +435,15 @@ def merge(sweep: Sweep, workdir: str) -> tuple[list[dict[str, Any]], list[Config
   messages about runs whose files are unreadable: those count as missing).
   results.* are written only when at least one run finished.
   """
+  recorded = read_sweep_json(workdir)
+  if recorded is not None:
+    recorded = {k: v for k, v in recorded.items() if k != 'execution'}
+    if recorded != _describe(sweep):
+      raise ValueError(
+          f'--workdir={workdir} holds another sweep than these flags describe ('
+          f'{sweep_difference(recorded, _describe(sweep))}; see '
+          f'{os.path.join(workdir, "sweep.json")}): give --merge the flags the shards ran '
+          'with.')
   rows, missing, unreadable = [], [], []
   for cfg in expand(sweep):
     try:
@@ -564,6 +585,7 @@ def run_sweep(sweep: Sweep, workdir: str | None,
   datasets = load_datasets(mine, load_data)
   for cfg in mine:  # every bad value fails here, before any training
     validation.check_config(loop.with_input_shape(cfg, datasets[cfg.data]))
+    loop.check_against_data(cfg, datasets[cfg.data])
   for data_cfg, ds in datasets.items():
     say(f'{ds.name} from {ds.source}: {len(ds.train_images)} train, {len(ds.val_images)} '
         f'validation, {len(ds.test_images)} test examples')

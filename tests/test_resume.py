@@ -460,3 +460,31 @@ def test_a_full_disk_is_named_and_what_finished_is_kept(idx_dir, tmp_path):
     assert len(_rows(os.path.join(workdir, 'results.csv'))) == len(finished)
   finally:
     subprocess.run(['umount', str(mount)], check=True)
+
+
+def test_what_the_data_split_decides_is_checked_for_every_point_before_training(
+    idx_dir, tmp_path):
+  """A later point whose batch exceeds the training set left after validation is
+  refused before the earlier points train."""
+  workdir = str(tmp_path / 'w')
+  proc = _run(_cmd(idx_dir, workdir, '--epochs=1', '--batch_size=32,1100'))
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert ('batch_size=1100 is larger than the 1000 training examples of mnist (after 200 '
+          'are held out for validation)') in proc.stderr
+  assert not glob.glob(os.path.join(workdir, 'runs', '*', 'final.json'))
+
+
+def test_shards_need_a_workdir_and_merge_names_a_sweep_that_differs(idx_dir, tmp_path):
+  no_workdir = [c for c in _cmd(idx_dir, '', '--epochs=1', '--num_shards=2')
+                if not c.startswith('--workdir')]
+  proc = _run(no_workdir)
+  assert proc.returncode == 2 and '--num_shards=2 splits a sweep' in proc.stderr
+  assert 'give --workdir=DIR' in proc.stderr
+  workdir = str(tmp_path / 'w')
+  sweep = ['--epochs=1', '--learning_rate=1e-3,3e-3', '--num_shards=2']
+  assert _run(_cmd(idx_dir, workdir, *sweep, '--shard_index=0')).returncode == 0
+  merged = _run(_cmd(idx_dir, workdir, '--epochs=1', '--learning_rate=1e-3,2e-3', '--merge'))
+  assert merged.returncode == 2 and 'Traceback' not in merged.stderr
+  assert ('holds another sweep than these flags describe (axes.optim.learning_rate: '
+          '[0.001, 0.003] there, [0.001, 0.002] here') in merged.stderr
+  assert 'give --merge the flags the shards ran with' in merged.stderr
