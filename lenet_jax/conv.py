@@ -13,7 +13,10 @@ slices, reshapes and one matrix multiply, which XLA's CPU backend runs well:
 
 `conv_impl(name)` picks the implementation: 'native' (C++ kernels through
 XLA's FFI, lenet_jax/native.py, the fastest on the CPU), 'patches' (here) or
-'xla'; 'auto' is native on the CPU and XLA's convolution on GPU/TPU.
+'xla'; 'auto' is native on the CPU and XLA's convolution on GPU/TPU. The
+native kernels compute in float32 only, so with `precision='bfloat16'`
+(ModelConfig.precision) 'auto' picks patches on the CPU, and 'native' is an
+error.
 """
 import functools
 
@@ -66,25 +69,38 @@ def patches_conv(lhs, rhs, window_strides=(1, 1), padding='VALID',
   return y.reshape(cout, out_h, out_w, batch)
 
 
-def resolve_impl(name: str, backend: str | None = None) -> str:
-  """The implementation `name` stands for on `backend`: 'auto' resolved."""
+def resolve_impl(name: str, backend: str | None = None, precision: str = 'default') -> str:
+  """The implementation `name` stands for on `backend` at `precision`: 'auto' resolved.
+
+  The native kernels compute in float32, which is what 'default', 'float32'
+  and 'tf32' mean on the CPU (it has no TF32), so they serve those; for
+  'bfloat16' (bfloat16 inputs, float32 sums) 'auto' is 'patches' on the CPU,
+  and an explicit 'native' raises ValueError.
+  """
   if name not in CONV_IMPLS:
     raise ValueError(f'conv_impl={name!r} is not one of {CONV_IMPLS}.')
+  if name == 'native' and precision == 'bfloat16':
+    raise ValueError("conv_impl='native' computes in float32 only, so it cannot run "
+                     "precision='bfloat16'; use conv_impl='patches' or 'xla', or 'auto' "
+                     '(patches on the CPU).')
   if name == 'auto':
     name = 'xla'
     if (backend or jax.default_backend()) == 'cpu':
-      name = 'native' if _native_reason() is None else 'patches'
+      if precision == 'bfloat16':
+        name = 'patches'
+      else:
+        name = 'native' if _native_reason() is None else 'patches'
   return name
 
 
-def conv_impl(name: str, backend: str | None = None):
-  """Returns the conv_general_dilated to use for `name` on `backend`.
+def conv_impl(name: str, backend: str | None = None, precision: str = 'default'):
+  """Returns the conv_general_dilated to use for `name` on `backend` at `precision`.
 
   'auto' is XLA's convolution on GPU/TPU; on the CPU it is the native kernels,
-  or, where they cannot be built (no C++ compiler), the patches convolution,
-  with a warning that says why.
+  or, where they cannot be built (no C++ compiler) or for precision='bfloat16',
+  the patches convolution (with a warning that says why, for the compiler).
   """
-  name = resolve_impl(name, backend)
+  name = resolve_impl(name, backend, precision)
   if name == 'native':
     return native.native_conv
   return patches_conv if name == 'patches' else lax.conv_general_dilated

@@ -424,7 +424,8 @@ def train_group(configs: list[Config], dataset: Dataset,
            'train_size': len(dataset.train_images),
            'val_size': len(dataset.val_images), 'test_size': len(dataset.test_images),
            'group_mode': 'vmap' if stacked else 'in_turn',
-           'conv_impl_used': conv.resolve_impl(base.model.conv_impl),
+           'conv_impl_used': conv.resolve_impl(base.model.conv_impl,
+                                               precision=base.model.precision),
            'backend': jax.default_backend()}
   if keep_params:
     finals = _host_rows(arrays()['state'], count)

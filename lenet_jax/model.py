@@ -3,14 +3,24 @@
 `LeNet5()` is exactly the note's network (61,706 parameters). Module names in
 the parameter tree match the layer names of `arch.trace`, which is how tests
 hold the analytic counts against the real tree.
+
+`ModelConfig.precision` sets how the convolutions and dense layers compute
+(`precision_arg` says what each value passes); the parameters, the
+activations between layers, the loss and the softmax stay float32 in every
+case, and 'default' passes nothing, so its program is the one from before
+the field existed.
 """
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from lenet_jax import arch
+from lenet_jax import config as config_lib
 from lenet_jax import conv
 from lenet_jax import native
 from lenet_jax import validation
@@ -29,6 +39,88 @@ KERNEL_INITS = {
     # PyTorch's default weight init, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
     'torch': nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
 }
+
+
+def _has_tf32(backend: str | None = None) -> bool:
+  """Whether the default device is an NVIDIA GPU with TF32 tensor cores (Ampere, 8.0, on)."""
+  if (backend or jax.default_backend()) != 'gpu':
+    return False
+  capability = getattr(jax.devices()[0], 'compute_capability', None)
+  try:
+    return float(capability) >= 8.0
+  except (TypeError, ValueError):  # ROCm devices report none
+    return False
+
+
+def precision_arg(precision: str, op: str, backend: str | None = None) -> Any:
+  """The `precision` argument a dot (op='dot') or a `lax` convolution (op='conv') gets.
+
+  None means none is passed:
+    'default'  None: the backend's own choice (float32 on the CPU; TF32 tensor
+               cores for float32 on Ampere and later NVIDIA GPUs; bfloat16
+               passes on a TPU). The program is exactly the one from before
+               the field existed.
+    'float32'  Precision.HIGHEST: full float32, also on GPUs that would use TF32.
+    'tf32'     TF32 where the hardware has it. On such a GPU a dot names the
+               algorithm (DotAlgorithmPreset.TF32_TF32_F32, so XLA cannot pick
+               bfloat16 passes for it) and a convolution gets Precision.HIGH,
+               with which cuDNN may use TF32 (a convolution takes no algorithm).
+               Elsewhere Precision.HIGH, what jax.default_matmul_precision
+               ('tensorfloat32') gives: float32 on the CPU (it has no TF32, and
+               XLA's CPU dot rejects the TF32 algorithm), 3 bfloat16 passes on a TPU.
+    'bfloat16' None: the op multiplies bfloat16 copies of its inputs instead,
+               forward and backward, the forward sums in float32
+               (`preferred_element_type`; see mixed_bfloat16).
+  """
+  if precision in ('default', 'bfloat16'):
+    return None
+  if precision == 'float32':
+    return lax.Precision.HIGHEST
+  if precision == 'tf32':
+    if op == 'dot' and _has_tf32(backend):
+      return lax.DotAlgorithmPreset.TF32_TF32_F32
+    return lax.Precision.HIGH
+  raise ValueError(f'model.precision={precision!r} is not one of {config_lib.PRECISIONS}.')
+
+
+def mixed_bfloat16(op: Callable, lhs, rhs):
+  """`op(lhs, rhs)`, a bilinear op (a convolution, a dot), on bfloat16 copies of its inputs.
+
+  Forward: op(lhs, rhs, preferred_element_type=float32) on the bfloat16
+  copies, so the products are summed and returned in float32. Backward: the
+  transposed products take bfloat16 copies of the cotangent too, as in
+  mixed-precision training, and the gradients come back (rounded to
+  bfloat16) in the inputs' dtype. Left to itself, JAX would raise the
+  bfloat16 operand to the float32 cotangent's dtype and run the whole
+  backward pass in float32.
+  """
+  lhs_dtype, rhs_dtype = lhs.dtype, rhs.dtype
+
+  def forward(l, r):
+    return op(l.astype(jnp.bfloat16), r.astype(jnp.bfloat16),
+              preferred_element_type=jnp.float32)
+
+  def fwd(l, r):
+    l, r = l.astype(jnp.bfloat16), r.astype(jnp.bfloat16)
+    return op(l, r, preferred_element_type=jnp.float32), (l, r)
+
+  def bwd(residuals, g):
+    _, vjp = jax.vjp(op, *residuals)  # bfloat16 in and out: bfloat16 products
+    dl, dr = vjp(g.astype(jnp.bfloat16))
+    return dl.astype(lhs_dtype), dr.astype(rhs_dtype)
+
+  f = jax.custom_vjp(forward)
+  f.defvjp(fwd, bwd)
+  return f(lhs, rhs)
+
+
+def bfloat16_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                         preferred_element_type=None, **kwargs):
+  """`lax.dot_general` in mixed precision (see mixed_bfloat16); returns float32."""
+  del preferred_element_type  # always float32
+  op = functools.partial(lax.dot_general, dimension_numbers=dimension_numbers,
+                         precision=precision, **kwargs)
+  return mixed_bfloat16(op, lhs, rhs)
 
 
 def _native_max_pool(conv_fn, kind: str, size: int) -> bool:
@@ -71,6 +163,11 @@ class Conv(nn.Module):
   # it touches a quarter of the values; the native path fuses conv and pool
   # and never stores the full-size convolution.
   max_pool_window: int = 0
+  # The conv_fn's `precision` argument (None: none passed, see precision_arg),
+  # and whether it multiplies bfloat16 copies of its inputs, forward and
+  # backward (mixed_bfloat16). The parameters stay float32.
+  precision: Any = None
+  bfloat16: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -79,11 +176,16 @@ class Conv(nn.Module):
                         (k, k, x.shape[channel_axis], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
     kernel, window = kernel.astype(x.dtype), self.max_pool_window
+    options = {} if self.precision is None else {'precision': self.precision}
     if window and _native_max_pool(self.conv_fn, 'max', window):
+      # float32 throughout (conv.resolve_impl keeps bfloat16 off the native kernels)
       y = native.conv_max_pool(x, kernel, (self.pads, self.pads), window)  # CHWN
     else:
-      y = self.conv_fn(x, kernel, window_strides=(1, 1), padding=(self.pads, self.pads),
-                       dimension_numbers=(self.layout, 'HWIO', self.layout))
+      conv_fn = functools.partial(self.conv_fn, window_strides=(1, 1),
+                                  padding=(self.pads, self.pads),
+                                  dimension_numbers=(self.layout, 'HWIO', self.layout),
+                                  **options)
+      y = mixed_bfloat16(conv_fn, x, kernel) if self.bfloat16 else conv_fn(x, kernel)
       if window:
         y = pool(y, 'max', window, self.conv_fn)
     if self.stride > 1:
@@ -97,6 +199,9 @@ class LeNet5(nn.Module):
   With the CPU convolutions (native, the CPU default, and patches) the conv
   blocks run in the batch-minor CHWN layout, where the kernels vectorise over
   the batch; the function and the parameters are the same in either layout.
+  `config.precision` sets how the convolutions and dense layers compute (see
+  `precision_arg`); with 'bfloat16' the CPU's 'auto' convolution is
+  'patches', as the native kernels run float32 only (conv.resolve_impl).
   `features` returns the first dense layer's input (the flattened or
   averaged maps):
 
@@ -121,7 +226,16 @@ class LeNet5(nn.Module):
     conv_init = kernel_init
     if cfg.conv_init_scale != 1:
       conv_init = lambda *args: cfg.conv_init_scale * kernel_init(*args)
-    conv_fn = conv.conv_impl(cfg.conv_impl)
+    conv_fn = conv.conv_impl(cfg.conv_impl, precision=cfg.precision)
+    # Both empty for 'default': nothing is passed, the program is unchanged.
+    conv_options, dense_options = {}, {}
+    if cfg.precision == 'bfloat16':
+      conv_options = {'bfloat16': True}
+      dense_options = {'dot_general': bfloat16_dot_general}
+    elif cfg.precision != 'default':
+      op = 'conv' if conv_fn is lax.conv_general_dilated else 'dot'  # patches: a dot
+      conv_options = {'precision': precision_arg(cfg.precision, op)}
+      dense_options = {'precision': precision_arg(cfg.precision, 'dot')}
     layout = 'CHWN' if conv.is_batch_minor(conv_fn) else 'NHWC'
     channel_axis = layout.index('C')
     x = x_BxHxWxC.transpose(3, 1, 2, 0) if layout == 'CHWN' else x_BxHxWxC
@@ -134,10 +248,12 @@ class LeNet5(nn.Module):
         pool_first = last and cfg.pool == 'max' and cfg.activation in MONOTONE
         if pool_first and cfg.normalization == 'none' and cfg.conv_reduction == 'sum':
           x = act(Conv(features, kernel, pads, conv_init, conv_fn, layout,
-                       max_pool_window=cfg.pool_size, name=arch.conv_name(b, c))(x))
+                       max_pool_window=cfg.pool_size, name=arch.conv_name(b, c),
+                       **conv_options)(x))
           continue
         x = Conv(features, kernel, pads, conv_init, conv_fn, layout,
-                 stride=arch.conv_stride(cfg, last), name=arch.conv_name(b, c))(x)
+                 stride=arch.conv_stride(cfg, last), name=arch.conv_name(b, c),
+                 **conv_options)(x)
         if cfg.conv_reduction == 'mean':
           # The note's "sum, then average": a fixed 1/k^2 rescaling of the sum.
           x = x / (kernel * kernel)
@@ -160,5 +276,6 @@ class LeNet5(nn.Module):
     if features_only:
       return x
     for i, width in enumerate(cfg.dense, start=1):
-      x = act(nn.Dense(width, kernel_init=kernel_init, name=f'dense{i}')(x))
-    return nn.Dense(cfg.num_classes, kernel_init=kernel_init, name='logits')(x)
+      x = act(nn.Dense(width, kernel_init=kernel_init, name=f'dense{i}', **dense_options)(x))
+    return nn.Dense(cfg.num_classes, kernel_init=kernel_init, name='logits',
+                    **dense_options)(x)
