@@ -43,7 +43,7 @@ class ModelConfig:
   conv_reduction: str = 'sum'  # 'mean' divides each conv output by k*k
   init: str = 'lecun'  # kernel initialiser: lecun, xavier, he, torch
   conv_init_scale: float = 1.0  # multiplies every conv's initial kernel
-  conv_impl: str = 'auto'  # 'native' (fastest on CPU), 'patches', 'xla'; 'auto' per backend
+  conv_impl: str = 'auto'  # 'native' (fastest on CPU), 'patches' (GPU), 'xla'; 'auto' per backend
   precision: str = 'default'  # conv/dense compute: default (backend's), float32, tf32, bfloat16
 
   def blocks(self) -> list[tuple[int, int, str | int, int]]:

@@ -13,7 +13,8 @@ slices, reshapes and one matrix multiply, which XLA's CPU backend runs well:
 
 `conv_impl(name)` picks the implementation: 'native' (C++ kernels through
 XLA's FFI, lenet_jax/native.py, the fastest on the CPU), 'patches' (here) or
-'xla'; 'auto' is native on the CPU and XLA's convolution on GPU/TPU. The
+'xla'; 'auto' is native on the CPU, patches on a GPU (measured faster for
+stacked models, see resolve_impl) and XLA's convolution on a TPU. The
 native kernels compute in float32 only, so with `precision='bfloat16'`
 (ModelConfig.precision) 'auto' picks patches on the CPU, and 'native' is an
 error.
@@ -84,8 +85,14 @@ def resolve_impl(name: str, backend: str | None = None, precision: str = 'defaul
                      "precision='bfloat16'; use conv_impl='patches' or 'xla', or 'auto' "
                      '(patches on the CPU).')
   if name == 'auto':
-    name = 'xla'
-    if (backend or jax.default_backend()) == 'cpu':
+    backend = backend or jax.default_backend()
+    # On a GPU the engine stacks many models per program, and vmapped lax.conv
+    # becomes a grouped convolution, slow there for few channels: on one H200
+    # (2026-12-04, bench.throughput, default precision) patches trained 64
+    # stacked models at 2.99M img/s against 1.70M, and one model at 978k
+    # against 998k (docs/benchmark.md). No TPU was measured: XLA's there.
+    name = 'patches' if backend == 'gpu' else 'xla'
+    if backend == 'cpu':
       if precision == 'bfloat16':
         name = 'patches'
       else:
@@ -96,7 +103,7 @@ def resolve_impl(name: str, backend: str | None = None, precision: str = 'defaul
 def conv_impl(name: str, backend: str | None = None, precision: str = 'default'):
   """Returns the conv_general_dilated to use for `name` on `backend` at `precision`.
 
-  'auto' is XLA's convolution on GPU/TPU; on the CPU it is the native kernels,
+  'auto' is the patches convolution on a GPU, XLA's on a TPU; on the CPU it is the native kernels,
   or, where they cannot be built (no C++ compiler) or for precision='bfloat16',
   the patches convolution (with a warning that says why, for the compiler).
   """

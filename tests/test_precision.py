@@ -87,7 +87,8 @@ def test_bfloat16_is_mixed_precision(impl):
 
 def test_bfloat16_keeps_off_the_float32_native_kernels():
   assert conv.resolve_impl('auto', 'cpu', 'bfloat16') == 'patches'
-  assert conv.resolve_impl('auto', 'gpu', 'bfloat16') == 'xla'
+  assert conv.resolve_impl('auto', 'gpu', 'bfloat16') == 'patches'
+  assert conv.resolve_impl('auto', 'tpu', 'bfloat16') == 'xla'
   for precision in ('default', 'float32', 'tf32'):  # all float32 on the CPU
     assert conv.resolve_impl('auto', 'cpu', precision) == conv.resolve_impl('auto', 'cpu')
   with pytest.raises(ValueError, match="precision='bfloat16'"):
