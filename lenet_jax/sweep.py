@@ -312,9 +312,9 @@ def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False,
   return row
 
 
-# A group's runs are written by this many threads at once: each file waits on
-# its fsync, so one run after another took 20 ms a run (59 ms with TensorBoard
-# files), 8 at once 3 ms (19 ms) on a 2-core machine (docs/engine.md).
+# A group's runs are written by this many threads at once, since each file
+# waits on its fsync: most useful where fsyncs are slow (a busy or network
+# disk; benchmarks/write_cost.py, docs/engine.md).
 WRITER_THREADS = 8
 
 
