@@ -20,6 +20,7 @@ validation accuracy has not improved for that many epochs stops (status 'ok');
 a finished run stops updating while the others go on.
 """
 import collections
+import contextlib
 import dataclasses
 import logging
 import math
@@ -376,52 +377,58 @@ def train_group(configs: list[Config], dataset: Dataset,
     checkpoints.save(arrays(), done, [r.history for r in results])
     last_save = time.monotonic()
 
-  with (workdir_lib.stop_requests() if checkpoints else _no_requests()) as requests:
-    if say:  # from here on a signal is answered with a checkpoint
-      program_note = (f'compiled in {compile_seconds:.1f}s' if compile_seconds > 0.5
-                      else 'its program compiled already')
-      say(f'training {len(live)} run(s), {width} per program ({program_note})')
-    def answer_requests() -> None:
-      if checkpoints and (requests.stop or requests.checkpoint
-                          or time.monotonic() - last_save >= checkpoint_every):
-        save()
-        requests.checkpoint = False
-      if requests.stop:
-        raise KeyboardInterrupt
+  # Without checkpoints, signals act as they always do (KeyboardInterrupt at once).
+  signals = (workdir_lib.stop_requests() if checkpoints
+             else contextlib.nullcontext(workdir_lib.StopRequests()))
+  try:
+    with signals as requests:
 
-    for epoch in range(min((done[i] for i in live), default=base.epochs), base.epochs):
-      due = [i for i in live if done[i] <= epoch]
-      if stacked:
-        active = jax.device_put(jnp.asarray([i in due for i in range(width)]),
-                                active_sharding)
-        start = time.perf_counter()
-        states, bests, metrics, evals = epoch_fn(states, bests, active, images, labels,
-                                                 data_keys, jnp.int32(epoch), splits)
-        metrics, evals = jax.device_get((metrics, evals))  # the one host sync of the epoch
-        seconds = time.perf_counter() - start
-        pick = lambda tree, i: jax.tree.map(lambda v: v[i], tree)
-        for i in due:
-          record(i, epoch, pick(metrics, i), {n: pick(e, i) for n, e in evals.items()},
-                 seconds)
-        trained = True
-        answer_requests()
-      else:
-        for i in due:
+      def answer_requests() -> None:
+        if checkpoints and (requests.stop or requests.checkpoint
+                            or time.monotonic() - last_save >= checkpoint_every):
+          save()
+          requests.checkpoint = False
+        if requests.stop:
+          raise KeyboardInterrupt
+
+      if say and live:  # from here on a signal is answered with a checkpoint
+        program_note = (f'compiled in {compile_seconds:.1f}s' if compile_seconds > 0.5
+                        else 'its program compiled already')
+        say(f'training {len(live)} run(s), {width} per program ({program_note})')
+      for epoch in range(min((done[i] for i in live), default=base.epochs), base.epochs):
+        due = [i for i in live if done[i] <= epoch]
+        if stacked:
+          active = jax.device_put(jnp.asarray([i in due for i in range(width)]),
+                                  active_sharding)
           start = time.perf_counter()
-          states[i], bests[i], metrics, evals = epoch_fn(
-              states[i], bests[i], jnp.bool_(True), images, labels, data_keys[i],
-              jnp.int32(epoch), splits)
-          metrics, evals = jax.device_get((metrics, evals))
-          record(i, epoch, metrics, evals, time.perf_counter() - start)
+          states, bests, metrics, evals = epoch_fn(states, bests, active, images, labels,
+                                                   data_keys, jnp.int32(epoch), splits)
+          metrics, evals = jax.device_get((metrics, evals))  # the epoch's one host sync
+          seconds = time.perf_counter() - start
+          pick = lambda tree, i: jax.tree.map(lambda v: v[i], tree)
+          for i in due:
+            record(i, epoch, pick(metrics, i), {n: pick(e, i) for n, e in evals.items()},
+                   seconds)
           trained = True
           answer_requests()
-      stop = on_epoch(epoch, results) if on_epoch else False
-      if stop or not live:  # on_epoch returns True to end training early
-        break
-    if checkpoints and trained:
-      save()  # always at the end: the runs' files are written from it next
-  if checkpoints:
-    checkpoints.close()
+        else:
+          for i in due:
+            start = time.perf_counter()
+            states[i], bests[i], metrics, evals = epoch_fn(
+                states[i], bests[i], jnp.bool_(True), images, labels, data_keys[i],
+                jnp.int32(epoch), splits)
+            metrics, evals = jax.device_get((metrics, evals))
+            record(i, epoch, metrics, evals, time.perf_counter() - start)
+            trained = True
+            answer_requests()
+        stop = on_epoch(epoch, results) if on_epoch else False
+        if stop or not live:  # on_epoch returns True to end training early
+          break
+      if checkpoints and trained:
+        save()  # always at the end: the runs' files are written from it next
+  finally:
+    if checkpoints:
+      checkpoints.close()
   facts = {'data_source': dataset.source, 'data_fingerprint': dataset.fingerprint,
            'train_size': len(dataset.train_images),
            'val_size': len(dataset.val_images), 'test_size': len(dataset.test_images),
@@ -430,8 +437,9 @@ def train_group(configs: list[Config], dataset: Dataset,
                                                precision=base.model.precision),
            'backend': jax.default_backend()}
   if keep_params:
-    finals = _host_rows(arrays()['state'], count)
-    best_models = _host_rows(arrays()['best'], count)
+    final_arrays = arrays()
+    finals = _host_rows(final_arrays['state'], count)
+    best_models = _host_rows(final_arrays['best'], count)
   for i, res in enumerate(results):
     res.facts = dict(facts)
     res.compile_seconds = compile_seconds
@@ -442,13 +450,3 @@ def train_group(configs: list[Config], dataset: Dataset,
       res.best = {'params': best_models[i]['params'],
                   'model_state': best_models[i]['model_state']}
   return results
-
-
-class _no_requests:  # pylint: disable=invalid-name
-  """stop_requests' stand-in without checkpoints: signals act as they always do."""
-
-  def __enter__(self):
-    return workdir_lib.StopRequests()
-
-  def __exit__(self, *exc):
-    return False

@@ -55,7 +55,8 @@ def check_model(m: ModelConfig) -> list[arch.Layer]:
   if not _finite('model.conv_init_scale', m.conv_init_scale) > 0:
     raise ValueError(f'model.conv_init_scale={m.conv_init_scale!r} must be > 0: it '
                      'multiplies the initial conv kernels (1 keeps the initialiser).')
-  conv.resolve_impl(m.conv_impl, precision=m.precision)  # native runs float32 only
+  if m.conv_impl == 'native' and m.precision == 'bfloat16':
+    conv.resolve_impl(m.conv_impl, precision=m.precision)  # the error: native is float32
   if m.conv_impl == 'native' and (reason := native.available()) is not None:
     raise ValueError(f"model.conv_impl='native' cannot run here: {reason} "
                      "Use conv_impl='auto' or 'patches'.")

@@ -240,7 +240,7 @@ def test_native_max_pool_propagates_nan():
 
 
 @pytest.mark.native_cpu
-def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch, caplog):
+def test_auto_picks_native_on_cpu_patches_on_gpu_and_xla_on_tpu(monkeypatch, caplog):
   assert native.available() is None, native.available()  # CI installs a compiler
   assert conv.conv_impl('auto', 'cpu') is native.native_conv
   assert conv.conv_impl('native', 'cpu') is native.native_conv
@@ -253,7 +253,7 @@ def test_auto_picks_native_on_cpu_and_xla_elsewhere(monkeypatch, caplog):
     assert 'no C++ compiler' in caplog.text and 'conv_impl=patches' in caplog.text
   finally:
     conv._native_reason.cache_clear()  # pylint: disable=protected-access
-  assert conv.conv_impl('auto', 'gpu') is lax.conv_general_dilated
+  assert conv.conv_impl('auto', 'gpu') is conv.patches_conv
   assert conv.conv_impl('auto', 'tpu') is lax.conv_general_dilated
   with pytest.raises(ValueError, match="conv_impl='fast'"):
     conv.conv_impl('fast')
