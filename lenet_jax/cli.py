@@ -322,6 +322,9 @@ def main(argv) -> int:
     return 0
   if FLAGS.cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.cache_dir)
+    # Every program, not only those that took over a second to compile: a sweep's
+    # small ones (the vmapped initialisation, say) add up (docs/engine.md).
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   print(f'{len(configs)} run(s), JAX backend {jax.default_backend()}', flush=True)
   try:
     with sigterm_as_ctrl_c():
