@@ -4,7 +4,7 @@ import sys
 
 from absl import flags
 
-from lenet_jax import bench
+from lenet_jax import bench, bench_gpu
 
 # What ../shared/bench/torch_lenet_gpu.py prints: a header, then one object per measurement.
 FAKE_PEERS = '''
@@ -33,15 +33,15 @@ def test_a_child_past_its_timeout_is_killed_and_keeps_what_it_printed():
 def test_peers_are_compared_at_matched_precision_only(tmp_path):
   script = tmp_path / 'peers.py'
   script.write_text(FAKE_PEERS)
-  runs = [bench.torch_gpu_peers(sys.executable, str(script), p, [8, 64], 10, str(tmp_path), 30)
+  runs = [bench_gpu.torch_gpu_peers(sys.executable, str(script), p, [8, 64], 10, str(tmp_path), 30)
           for p in ('fp32', 'tf32')]
   assert [len(r['rows']) for r in runs] == [5, 5] and runs[0]['header']['torch'] == 'fake'
-  assert bench.torch_best(runs, 'float32', 1) == {'mode': 'graphs', 'models': 1,
+  assert bench_gpu.torch_best(runs, 'float32', 1) == {'mode': 'graphs', 'models': 1,
                                                   'img_per_s': 300}
-  assert bench.torch_best(runs, 'tf32', 8)['img_per_s'] == 2000  # vmap beats loop
-  assert bench.torch_best(runs, 'float32', 64) is None  # the peer failed there
-  assert bench.torch_best(runs, 'bfloat16', 1) is None  # no peer at that arithmetic
-  assert bench.torch_best(runs, 'default', 8) is None
+  assert bench_gpu.torch_best(runs, 'tf32', 8)['img_per_s'] == 2000  # vmap beats loop
+  assert bench_gpu.torch_best(runs, 'float32', 64) is None  # the peer failed there
+  assert bench_gpu.torch_best(runs, 'bfloat16', 1) is None  # no peer at that arithmetic
+  assert bench_gpu.torch_best(runs, 'default', 8) is None
   json.dumps(runs)  # all of it goes to --json_out
 
 
