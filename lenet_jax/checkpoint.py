@@ -15,14 +15,14 @@ parameters are bitwise those of an uninterrupted run. Orbax writes each
 checkpoint to a temporary directory and renames it when complete, so a kill
 at any instant leaves the previous checkpoints intact; a checkpoint that is
 there but cannot be read, or whose contents do not fit together, is reported
-and removed, and the one before it is used.
+and moved aside (`<step>.unreadable-<time>`), and the one before it is used.
 
 Steps are numbered by the epochs done, summed over the members, so they grow
 with every save.
 """
 import logging
 import os
-import shutil
+import time
 from typing import Any
 
 import jax
@@ -137,11 +137,14 @@ class GroupCheckpoints:
         return self.restore(step, target)
       except Exception as e:  # pylint: disable=broad-except
         what = 'does not fit its group' if isinstance(e, Inconsistent) else 'is corrupt or incomplete'
+        # Moved aside, not deleted: a failure that was not the files' (an
+        # out-of-memory device, a flaky network disk) loses no checkpoint.
+        aside = os.path.join(self.directory, f'{step}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}')
         message = (f'checkpoint {self.directory}/{step} {what} ({type(e).__name__}: '
-                   f'{str(e)[:200]}); removing it and using the one before')
+                   f'{str(e)[:200]}); moved it to {aside} and using the one before')
         logging.warning(message)
         print(f'warning: {message}', flush=True)
-        shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+        os.replace(os.path.join(self.directory, str(step)), aside)
         self._manager.reload()
     return None
 

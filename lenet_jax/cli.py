@@ -253,12 +253,19 @@ def _interrupted(signum, frame) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_ctrl_c():
-  """SIGTERM (a scheduler's stop, `kill`) ends the work inside as Ctrl-C does."""
-  previous = signal.signal(signal.SIGTERM, _interrupted)
+  """SIGTERM (a scheduler's stop, `kill`) ends the work inside as Ctrl-C does.
+
+  SIGUSR1 asks a training group for a checkpoint (workdir.stop_requests);
+  outside a group's epochs there is nothing to checkpoint, and it is ignored
+  rather than left to its default action, which ends the process.
+  """
+  previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted),
+              signal.SIGUSR1: signal.signal(signal.SIGUSR1, signal.SIG_IGN)}
   try:
     yield
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def stopped(error: BaseException, workdir: str | None) -> int:
@@ -311,7 +318,7 @@ def main(argv) -> int:
   vmap = {'auto': None, 'vmap': True, 'in_turn': False}[FLAGS.group_mode]
   try:
     max_models = sweep_lib.resolve_max_models(max_models, configs, FLAGS.workdir,
-                                              loop.resolve_vmap(vmap))
+                                              loop.resolve_vmap(vmap), FLAGS.num_shards)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

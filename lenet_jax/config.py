@@ -176,6 +176,14 @@ def to_dict(config: Config) -> dict[str, Any]:
 LATER_FIELDS: dict[str, Any] = {'patience': None, 'model.precision': 'default'}
 
 
+def run_id(config: Config) -> str:
+  """A stable name from a hash of the full configuration (its `identity`)."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  blob = json.dumps(identity(config), sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def identity(config: Config | dict[str, Any]) -> dict[str, Any]:
   """The config as a JSON-ready dict, without LATER_FIELDS at their defaults."""
   import json  # pylint: disable=import-outside-toplevel

@@ -284,7 +284,8 @@ def train_group(configs: list[Config], dataset: Dataset,
   # A copy: the epoch program donates both, so they must not share buffers.
   bests = jax.tree.map(jnp.copy, jax.vmap(train.initial_best)(states))
 
-  checkpoints = (GroupCheckpoints(checkpoint_dir, list(run_ids or range(count)))
+  checkpoints = (GroupCheckpoints(checkpoint_dir,
+                                  list(run_ids or map(config_lib.run_id, configs)))
                  if checkpoint_dir else None)
   done = [0] * count
   if checkpoints:
@@ -425,7 +426,9 @@ def train_group(configs: list[Config], dataset: Dataset,
         if stop or not live:  # on_epoch returns True to end training early
           break
       if checkpoints and trained:
-        save()  # always at the end: the runs' files are written from it next
+        save()  # always at the end, before the runs' files are written
+      if requests.stop:  # a signal after the last epoch's check: stop all the same
+        raise KeyboardInterrupt
   finally:
     if checkpoints:
       checkpoints.close()

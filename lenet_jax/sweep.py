@@ -89,10 +89,16 @@ def expand(sweep: Sweep) -> list[Config]:
     _check_distinct(name, values)
   _check_distinct('seeds', sweep.seeds)
   names = list(sweep.axes)
-  configs = []
+  configs, points = [], {}
   for values in itertools.product(*(sweep.axes[n] for n in names)):
-    point = config_lib.override(sweep.base, dict(zip(names, values)))
-    configs.extend(dataclasses.replace(resolve(point), seed=s) for s in sweep.seeds)
+    point = resolve(config_lib.override(sweep.base, dict(zip(names, values))))
+    given = ', '.join(f'{n.split(".")[-1]}={v!r}' for n, v in zip(names, values))
+    same = points.setdefault(run_id(point), given)
+    if same != given:  # e.g. validation_size None and the dataset's default
+      raise ValueError(f'the sweep points ({same}) and ({given}) are the same configuration '
+                       'once resolved, so one run would be trained and counted twice; '
+                       'drop one of the two values.')
+    configs.extend(dataclasses.replace(point, seed=s) for s in sweep.seeds)
   return configs
 
 
@@ -115,10 +121,7 @@ def shard(configs: Sequence[Config], max_models: int, num_shards: int,
   return groups(configs, max_models)[shard_index::num_shards]
 
 
-def run_id(cfg: Config) -> str:
-  """A stable name from a hash of the full configuration."""
-  blob = json.dumps(config_lib.identity(cfg), sort_keys=True)
-  return hashlib.sha256(blob.encode()).hexdigest()[:12]
+run_id = config_lib.run_id
 
 
 def groups(configs: Sequence[Config], max_models: int) -> list[list[Config]]:
@@ -156,16 +159,25 @@ def widths(configs: Sequence[Config], max_models: int) -> dict[Config, int]:
 
 
 def resolve_max_models(max_models: int | str, configs: Sequence[Config],
-                       workdir: str | None, stacked: bool) -> int:
+                       workdir: str | None, stacked: bool, num_shards: int = 1) -> int:
   """`max_models`, with 'auto' resolved: the group size a workdir's sweep.json
   recorded (so a resumed sweep keeps its groups), else what fits
-  (resources.auto_max_models)."""
+  (resources.auto_max_models). Shards must agree on their groups, so 'auto'
+  that would depend on a device's free memory is refused for them."""
   if max_models != 'auto':
     return max_models
   recorded = {}
   if workdir and os.path.isdir(workdir):
     recorded = (read_sweep_json(workdir) or {}).get('execution', {})
-  return recorded.get('max_models') or resources.auto_max_models(list(configs), stacked)
+  if recorded.get('max_models'):
+    return recorded['max_models']
+  fits = resources.auto_max_models(list(configs), stacked)
+  if num_shards > 1 and fits != resources.auto_max_models(list(configs), stacked=False):
+    raise ValueError(f'--max_models=auto with --num_shards={num_shards}: each shard would '
+                     'size its groups from the free memory of its own device, and shards '
+                     f'must agree on the groups. Give every shard --max_models=N (here {fits} '
+                     'fit).')
+  return fits
 
 
 def group_dir(workdir: str, members: Sequence[Config]) -> str:
@@ -378,9 +390,12 @@ def execution(stacked: bool, max_models: int) -> dict[str, Any]:
   In turn, every run computes exactly what it would alone. Stacked (vmap),
   a run's float arithmetic depends on how many models share its program, so
   the group size (`max_models`) and the devices they are spread over count too.
+  In turn the group size is recorded all the same (`max_models=auto` resumes
+  with it, so the groups, and their checkpoints, stay the same), but it binds
+  nothing (see `_binding`).
   """
   if not stacked:
-    return {'group_mode': 'in_turn'}
+    return {'group_mode': 'in_turn', 'max_models': max_models}
   import jax  # pylint: disable=import-outside-toplevel
   return {'group_mode': 'vmap', 'max_models': max_models,
           'devices': jax.local_device_count()}
@@ -401,6 +416,11 @@ def sweep_difference(recorded: dict[str, Any], described: dict[str, Any]) -> str
   return '; '.join(differ[:4]) + ('; ...' if len(differ) > 4 else '')
 
 
+def _binding(how: dict[str, Any]) -> dict[str, Any]:
+  """The part of an `execution` record that decides results: in turn, the mode alone."""
+  return {'group_mode': 'in_turn'} if how.get('group_mode') == 'in_turn' else how
+
+
 def claim_workdir(workdir: str, sweep: Sweep, how: dict[str, Any]) -> None:
   """Records the sweep and how it trains (`execution`) in `workdir`, refusing a
   workdir that holds another sweep or the same sweep trained another way."""
@@ -417,6 +437,9 @@ def claim_workdir(workdir: str, sweep: Sweep, how: dict[str, Any]) -> None:
                      'new --workdir for this one, or the same flags as before to resume '
                      'that sweep.')
   before = recorded.get('execution', {})
+  if before != how and _binding(before) == _binding(how):  # in turn, another group size
+    atomic_write(path, json.dumps({**recorded, 'execution': how}, indent=2, sort_keys=True))
+    return
   if before != how:
     differ = ', '.join(f'{_FLAG_OF[k]} {before.get(k)!r} then, {how.get(k)!r} now'
                        for k in sorted(set(before) | set(how)) if before.get(k) != how.get(k))
@@ -577,7 +600,7 @@ def run_sweep(sweep: Sweep, workdir: str | None,
   configs = expand(sweep)
   stacked = loop.resolve_vmap(vmap)
   if max_models == 'auto':
-    max_models = resolve_max_models(max_models, configs, workdir, stacked)
+    max_models = resolve_max_models(max_models, configs, workdir, stacked, num_shards)
     say(f'--max_models=auto: up to {max_models} runs per program')
   width_of = widths(configs, max_models)
   batches = shard(configs, max_models, num_shards, shard_index)

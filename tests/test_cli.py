@@ -240,3 +240,26 @@ def test_help_documents_the_sweep_syntax_and_every_flag():
                '--num_shards', '--[no]merge'):
     assert flag in proc.stdout, flag
   assert '--epochs: passes over the training set' in proc.stdout
+
+
+def test_points_that_resolve_to_one_configuration_are_refused():
+  sweep = sweep_lib.Sweep(config_lib.default(), {'data.validation_size': [None, 5000]})
+  with pytest.raises(ValueError, match=r'the sweep points \(validation_size=None\) and '
+                                       r'\(validation_size=5000\) are the same configuration'):
+    sweep_lib.expand(sweep)
+
+
+def test_auto_group_size_resumes_as_recorded_and_shards_need_one_size(monkeypatch, tmp_path):
+  from lenet_jax import resources  # pylint: disable=import-outside-toplevel
+  configs = sweep_lib.expand(sweep_lib.Sweep(config_lib.default(), {}, seeds=(0, 1)))
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'sweep.json').write_text('{"execution": {"group_mode": "in_turn", "max_models": 3}}')
+  assert sweep_lib.resolve_max_models('auto', configs, str(workdir), stacked=False) == 3
+  assert sweep_lib.resolve_max_models(5, configs, str(workdir), stacked=False) == 5
+  # Off the CPU, auto comes from free device memory, which shards need not share.
+  monkeypatch.setattr(resources, 'auto_max_models',
+                      lambda configs, stacked: 100 if stacked else resources.AUTO_CPU)
+  assert sweep_lib.resolve_max_models('auto', configs, None, stacked=True) == 100
+  with pytest.raises(ValueError, match='Give every shard --max_models=N'):
+    sweep_lib.resolve_max_models('auto', configs, None, stacked=True, num_shards=2)

@@ -277,7 +277,7 @@ def test_a_workdir_is_never_resumed_in_the_other_group_mode(idx_dir, tmp_path):
   assert "was trained with group mode 'in_turn'" in proc.stderr
   assert 'resume with --group_mode=in_turn' in proc.stderr
   recorded = json.load(open(os.path.join(workdir, 'sweep.json')))['execution']
-  assert recorded == {'group_mode': 'in_turn'}
+  assert recorded == {'group_mode': 'in_turn', 'max_models': 8}
   assert {r['group_mode'] for r in _rows(os.path.join(workdir, 'results.csv'))} == {'in_turn'}
   # Stacked, the group size decides the last bits too.
   stacked = str(tmp_path / 'stacked')

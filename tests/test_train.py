@@ -359,3 +359,20 @@ def test_groups_of_one_architecture_share_one_compiled_program():
   [program] = loop._PROGRAMS.values()  # pylint: disable=protected-access
   assert len(program.epochs) == 1
   _assert_same_runs(full[:2], padded)
+
+
+def test_a_signal_during_the_last_epochs_callback_still_stops(tmp_path):
+  """SIGINT after the last epoch's check is not dropped: the group checkpoints and
+  stops, and the rerun finds every run finished."""
+  ds = tiny_dataset(n_train=256)
+  configs = [tiny_config(epochs=2, seed=s) for s in (0, 1)]
+  group = str(tmp_path / 'group')
+  uninterrupted = loop.train_group(configs, ds)
+  late = lambda epoch, _: os.kill(os.getpid(), signal.SIGINT) if epoch == 1 else None
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_group(configs, ds, on_epoch=late, checkpoint_dir=group, checkpoint_every=1e9)
+  epochs = []
+  resumed = loop.train_group(configs, ds, checkpoint_dir=group,
+                             on_epoch=lambda epoch, _: epochs.append(epoch))
+  assert epochs == []  # nothing left to train
+  _assert_same_runs(uninterrupted, resumed)
