@@ -333,6 +333,8 @@ def main(argv) -> int:
     # small ones (the vmapped initialisation, say) add up (docs/engine.md).
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   print(f'{len(configs)} run(s), JAX backend {jax.default_backend()}', flush=True)
+  if FLAGS.max_models.strip() == 'auto':  # the group size decides stacked results: say it
+    print(f'--max_models=auto: up to {max_models} runs per program', flush=True)
   try:
     with sigterm_as_ctrl_c():
       rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=max_models,

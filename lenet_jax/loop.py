@@ -42,6 +42,7 @@ from lenet_jax import workdir as workdir_lib
 from lenet_jax.checkpoint import GroupCheckpoints, state_arrays
 from lenet_jax.config import Config
 from lenet_jax.data import Dataset
+from lenet_jax import model as model_lib
 from lenet_jax.model import LeNet5
 
 
@@ -232,6 +233,11 @@ def _initial_states(program: _Program, configs: list[Config], width: int):
   return states, data_keys
 
 
+def _members(tree, count: int):
+  """The first `count` rows (the group's members, not its padding) of a stacked pytree."""
+  return jax.tree.map(lambda x: x[:count], tree)
+
+
 def _host_rows(tree, count: int) -> list:
   """The first `count` entries of a stacked pytree, as host arrays per entry."""
   host = jax.device_get(tree)
@@ -289,17 +295,14 @@ def train_group(configs: list[Config], dataset: Dataset,
                  if checkpoint_dir else None)
   done = [0] * count
   if checkpoints:
-    members = lambda tree: jax.tree.map(lambda x: x[:count], tree)
-    found = checkpoints.restore_latest({'state': state_arrays(members(states)),
-                                        'best': members(bests)})
+    found = checkpoints.restore_latest(_members({'state': state_arrays(states),
+                                                 'best': bests}, count))
     if found is not None:
-      arrays, done, histories = found
-      restored = {'state': states.replace(**jax.tree.map(
-          lambda full, part: jnp.concatenate([jnp.asarray(part), full[count:]]),
-          state_arrays(states), arrays['state'])),
-                  'best': jax.tree.map(lambda full, part: jnp.concatenate(
-                      [jnp.asarray(part), full[count:]]), bests, arrays['best'])}
-      states, bests = restored['state'], restored['best']
+      saved, done, histories = found
+      # The members' rows from the checkpoint, the padding slots as they were.
+      whole = jax.tree.map(lambda full, part: jnp.concatenate([jnp.asarray(part), full[count:]]),
+                           {'state': state_arrays(states), 'best': bests}, saved)
+      states, bests = states.replace(**whole['state']), whole['best']
       for res, history in zip(results, histories):
         res.history = history
         res.train_seconds = sum(h['seconds'] for h in history)
@@ -365,9 +368,9 @@ def train_group(configs: list[Config], dataset: Dataset,
       live.remove(i)
 
   def arrays():
+    """The members' states and best models, stacked (what a checkpoint holds)."""
     if stacked:
-      members = lambda tree: jax.tree.map(lambda x: x[:count], tree)
-      return {'state': state_arrays(members(states)), 'best': members(bests)}
+      return _members({'state': state_arrays(states), 'best': bests}, count)
     return {'state': state_arrays(train.stack(states)), 'best': train.stack(bests)}
 
   last_save = time.monotonic()
@@ -399,8 +402,9 @@ def train_group(configs: list[Config], dataset: Dataset,
       for epoch in range(min((done[i] for i in live), default=base.epochs), base.epochs):
         due = [i for i in live if done[i] <= epoch]
         if stacked:
-          active = jax.device_put(jnp.asarray([i in due for i in range(width)]),
-                                  active_sharding)
+          mask = np.zeros(width, bool)  # padding slots never train
+          mask[due] = True
+          active = jax.device_put(mask, active_sharding)
           start = time.perf_counter()
           states, bests, metrics, evals = epoch_fn(states, bests, active, images, labels,
                                                    data_keys, jnp.int32(epoch), splits)
@@ -438,6 +442,7 @@ def train_group(configs: list[Config], dataset: Dataset,
            'group_mode': 'vmap' if stacked else 'in_turn',
            'conv_impl_used': conv.resolve_impl(base.model.conv_impl,
                                                precision=base.model.precision),
+           'precision_used': model_lib.precision_used(base.model.precision),
            'backend': jax.default_backend()}
   if keep_params:
     final_arrays = arrays()

@@ -52,6 +52,12 @@ def _has_tf32(backend: str | None = None) -> bool:
     return False
 
 
+def precision_used(precision: str, backend: str | None = None) -> str:
+  """What `precision` computes on this device, for a run's record: 'tf32' is
+  float32 where the device has no TF32 (the CPU, say); the rest as named."""
+  return 'float32' if precision == 'tf32' and not _has_tf32(backend) else precision
+
+
 def precision_arg(precision: str, op: str, backend: str | None = None) -> Any:
   """The `precision` argument a dot (op='dot') or a `lax` convolution (op='conv') gets.
 

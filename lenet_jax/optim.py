@@ -74,14 +74,6 @@ def hyperparams(opt_state) -> dict:
   return opt_state[0].hyperparams
 
 
-def with_hyperparams(opt_state, cfg: OptimConfig):
-  """`opt_state` with the numeric hyperparameters of `cfg`, for stacking models."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  inject = opt_state[0]
-  values = {k: jnp.asarray(v, inject.hyperparams[k].dtype) for k, v in injected(cfg).items()}
-  return replace_hyperparams(opt_state, values)
-
-
 def replace_hyperparams(opt_state, values: dict):
   """`opt_state` with the injected hyperparameters in `values` replaced (any shape:
   one value per model of a stacked state)."""

@@ -227,11 +227,15 @@ def run_dir(workdir: str, cfg: Config) -> str:
 RUN_FILES_BYTES = 256 * 1024
 
 
-def read_variables(workdir: str, cfg: Config, best: bool = False) -> dict[str, Any]:
-  """A finished run's final model ({'params', ...} as host arrays), or its best one."""
-  path = os.path.join(run_dir(workdir, cfg), 'best_variables.msgpack' if best
-                      else 'variables.msgpack')
-  with open(path, 'rb') as f:
+# A finished run's models (flax.serialization msgpack of {'params', ...}).
+VARIABLES_FILE, BEST_VARIABLES_FILE = 'variables.msgpack', 'best_variables.msgpack'
+
+
+def read_variables(directory: str, best: bool = False) -> dict[str, Any]:
+  """The final model of the run in `directory` (runs/<run_id>, see `run_dir`), or
+  its best one on validation: {'params', ...} as host arrays."""
+  with open(os.path.join(directory, BEST_VARIABLES_FILE if best else VARIABLES_FILE),
+            'rb') as f:
     return serialization.msgpack_restore(f.read())
 
 
@@ -312,8 +316,8 @@ def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False,
   atomic_write(os.path.join(run_dir, 'metrics.jsonl'),
                 ''.join(json.dumps(h) + '\n' for h in res.history))
   if models:
-    for name, model in (('variables.msgpack', {'params': res.params, **res.model_state}),
-                        ('best_variables.msgpack', res.best and {
+    for name, model in ((VARIABLES_FILE, {'params': res.params, **res.model_state}),
+                        (BEST_VARIABLES_FILE, res.best and {
                             'params': res.best['params'], **res.best['model_state']})):
       if model:
         atomic_write(os.path.join(run_dir, name), serialization.msgpack_serialize(model))

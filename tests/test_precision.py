@@ -135,3 +135,10 @@ def test_tf32_rounds_on_a_gpu_and_float32_does_not(impl):
   tf32, f32 = (LeNet5(dataclasses.replace(cfg, precision=p)).apply(variables, x)
                for p in ('tf32', 'float32'))
   assert float(jnp.abs(tf32 - f32).max()) > 1e-5
+
+
+def test_a_run_records_the_precision_it_computed():
+  from lenet_jax import model  # pylint: disable=import-outside-toplevel
+  assert model.precision_used('tf32', 'cpu') == 'float32'  # no TF32 on the CPU
+  for precision in ('default', 'float32', 'bfloat16'):
+    assert model.precision_used(precision, 'cpu') == precision

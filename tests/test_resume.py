@@ -56,12 +56,8 @@ def _kill_when(cmd, ready, timeout=300):
 
 def _final_params(workdir):
   """run id -> that run's final parameters, for every run in `workdir`."""
-  from flax import serialization  # pylint: disable=import-outside-toplevel
-  params = {}
-  for run in glob.glob(os.path.join(workdir, 'runs', '*')):
-    with open(os.path.join(run, 'variables.msgpack'), 'rb') as f:
-      params[os.path.basename(run)] = serialization.msgpack_restore(f.read())['params']
-  return params
+  return {os.path.basename(run): sweep_lib.read_variables(run)['params']
+          for run in glob.glob(os.path.join(workdir, 'runs', '*'))}
 
 
 def _checkpoints(workdir):
