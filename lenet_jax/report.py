@@ -2,7 +2,7 @@
 
   python -m lenet_jax.report WORKDIR [WORKDIR ...] --baseline='channels=6,16'
       [--metric=test_acc] [--tune=learning_rate --select_on=val_acc] [--margin=0.005]
-      [--alpha=0.05] [--out=DIR]
+      [--alpha=0.05] [--out=DIR] [--allow_incomplete]
 
 A configuration is one value of every swept field (sweep.json's axes; for a
 workdir without one, the config fields that vary between runs; with several
@@ -15,14 +15,17 @@ equivalence test (TOST) against `--margin`; `stats.compare` has the rules. With
 `--tune`, each configuration first picks the value of the tuned field with the
 best mean `--select_on` (validation, never test) over its seeds.
 
-Writes report.md, curves.png and forest.png to --out (default WORKDIR/report
-for one workdir) and prints report.md. The functions below are pure (rows in,
+A sweep whose planned runs (sweep.json) have not all finished is refused, with
+the count, unless --allow_incomplete, which lists them in the report. Writes
+report.md, curves.png and forest.png to --out (default WORKDIR/report for one
+workdir) as a whole, replacing any previous report only once the new one is
+complete, and prints report.md. The functions below are pure (rows in,
 tables out) except `load_rows`, `load_sweeps`, `load_curves`, `write` and `main`.
 """
-import argparse
 import collections
 import dataclasses
 import glob
+import itertools
 import json
 import math
 import os
@@ -31,8 +34,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lenet_jax import cli
+from absl import flags
+
+from lenet_jax import fields as fields_lib
 from lenet_jax import stats
+from lenet_jax import workdir as workdir_lib
 
 # Row keys that describe a run rather than measure it; never metrics.
 RUN_FACTS = ('run_id', 'status', 'diverged_epoch', 'params', 'flops', 'epochs_run',
@@ -72,24 +78,57 @@ def load_rows(workdir: str) -> list[dict[str, Any]]:
   return rows
 
 
+def _recorded_sweep(workdir: str) -> dict[str, Any] | None:
+  """WORKDIR/sweep.json (its axes and seeds), or None for a workdir without one."""
+  path = os.path.join(workdir, 'sweep.json')
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+    axes, seeds = recorded['axes'], recorded.get('seeds', [])
+    if not isinstance(axes, dict) or not isinstance(seeds, list):
+      raise TypeError('axes must be an object and seeds a list')
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path} cannot be read as a sweep ({type(e).__name__}: {e}); it says '
+                     'which fields were swept. Restore it, or move it away to treat every '
+                     'config field that varies between runs as swept.') from None
+  return recorded
+
+
 def swept_fields(workdir: str, rows: list[dict[str, Any]]) -> list[str]:
   """The config keys a configuration is made of: sweep.json's axes, else what varies."""
-  path = os.path.join(workdir, 'sweep.json')
-  if os.path.isfile(path):
-    try:
-      with open(path) as f:
-        axes = json.load(f)['axes']
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise ValueError(f'{path} cannot be read as a sweep ({type(e).__name__}: {e}); it says '
-                       'which fields were swept. Restore it, or move it away to treat every '
-                       'config field that varies between runs as swept.') from None
-    return [k for k in axes if any(k in r for r in rows)]
+  recorded = _recorded_sweep(workdir)
+  if recorded is not None:
+    return [k for k in recorded['axes'] if any(k in r for r in rows)]
   return _varying(rows)
+
+
+def unfinished_runs(workdir: str, rows: Sequence[dict[str, Any]]) -> tuple[int, list[str]]:
+  """(how many runs sweep.json plans, a label for each planned run without a row).
+
+  A diverged run has a row: it finished. Without a sweep.json the plan is not
+  known, and the rows are taken as all of it.
+  """
+  recorded = _recorded_sweep(workdir)
+  if recorded is None:
+    return len(rows), []
+  axes, seeds = recorded['axes'], recorded.get('seeds') or sorted({r.get('seed') for r in rows})
+  have = {(tuple(canonical(k, r.get(k)) for k in axes), r.get('seed')) for r in rows}
+  planned, missing = 0, []
+  for values in itertools.product(*axes.values()):
+    point = tuple(canonical(k, v) for k, v in zip(axes, values))
+    label = '; '.join(f'{fields_lib.flag_name(k)}={show(v)}' for k, v in zip(axes, point))
+    for seed in seeds:
+      planned += 1
+      if (point, seed) not in have:
+        missing.append(f'{label or "the run"} seed {seed}')
+  return planned, missing
 
 
 def _varying(rows: Sequence[dict[str, Any]]) -> list[str]:
   """The config fields whose value is not the same in every row."""
-  keys = dict.fromkeys(k for r in rows for k in r if k in cli.FIELDS)
+  keys = dict.fromkeys(k for r in rows for k in r if k in fields_lib.FIELDS)
   return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
 
 
@@ -155,10 +194,10 @@ def canonical(key: str, value: Any) -> Any:
   Rows store per-block fields as "6,16" strings and sweep.json as lists; both
   become the tuples the flag parser makes. Floats are rounded (`_plain`).
   """
-  if key in cli.FIELDS and cli.is_tuple_field(key):
+  if key in fields_lib.FIELDS and fields_lib.is_tuple_field(key):
     if isinstance(value, (list, tuple)):
       value = ','.join(map(str, value))
-    [value] = cli.parse_values(key, ['' if value is None else str(value)])
+    [value] = fields_lib.parse_values(key, ['' if value is None else str(value)])
   return _plain(value)
 
 
@@ -173,9 +212,9 @@ def show(value: Any) -> str:
 
 def field_key(name: str, swept: Sequence[str], flag: str) -> str:
   """The config key of a flag name ('channels' -> 'model.channels'), which must be swept."""
-  names = ', '.join(cli.flag_name(k) for k in swept) or '(none: every run has the same config)'
-  key = name if name in cli.FIELDS else next(
-      (k for k in cli.FIELDS if cli.flag_name(k) == name), None)
+  names = ', '.join(fields_lib.flag_name(k) for k in swept) or '(none: every run has the same config)'
+  key = name if name in fields_lib.FIELDS else next(
+      (k for k in fields_lib.FIELDS if fields_lib.flag_name(k) == name), None)
   if key is None:
     raise ValueError(f'{flag}: unknown field {name!r}; the swept fields are: {names}.')
   if key not in swept:
@@ -195,8 +234,11 @@ def parse_selector(text: str, swept: Sequence[str], flag: str = '--baseline') ->
       raise ValueError(f'{flag}={text!r}: {part.strip()!r} is not NAME=VALUE; write e.g. '
                        f"{flag}='channels=6,16;learning_rate=0.001'.")
     key = field_key(name.strip(), swept, flag)
+    if key in out:
+      raise ValueError(f'{flag}={text!r} names {name.strip()} twice; a baseline gives each '
+                       'field once.')
     try:
-      values = cli.parse_values(key, [value.strip()])
+      values = fields_lib.parse_values(key, [value.strip()])
     except ValueError as e:
       raise ValueError(f'{flag}={text!r}: {e}') from e
     if len(values) != 1:
@@ -218,7 +260,7 @@ class Group:
 
   @property
   def label(self) -> str:
-    return '; '.join(f'{cli.flag_name(k)}={show(v)}' for k, v in self.values.items()) or 'all runs'
+    return '; '.join(f'{fields_lib.flag_name(k)}={show(v)}' for k, v in self.values.items()) or 'all runs'
 
   def ok(self) -> list[dict[str, Any]]:
     return [r for r in self.runs if r['status'] == 'ok']
@@ -255,7 +297,7 @@ def find_baseline(groups: Sequence[Group], selector: dict[str, Any], text: str) 
   missing = [k for k in groups[0].values if k not in selector]
   raise ValueError(f'--baseline={text!r} matches {len(found)} configurations '
                    f'({", ".join(repr(g.label) for g in found)}); name '
-                   f'{", ".join(cli.flag_name(k) for k in missing)} as well (separated by '
+                   f'{", ".join(fields_lib.flag_name(k) for k in missing)} as well (separated by '
                    f"';'), or tune over it with --tune.")
 
 
@@ -268,7 +310,7 @@ def metric_names(rows: Sequence[dict[str, Any]]) -> list[str]:
   ok = [r for r in rows if r.get('status') == 'ok'] or list(rows)
   keys = dict.fromkeys(k for r in ok for k in r)
   return [k for k in keys
-          if k not in RUN_FACTS and k not in cli.FIELDS and '.' not in k and all(
+          if k not in RUN_FACTS and k not in fields_lib.FIELDS and '.' not in k and all(
               isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
               for r in ok if k in r)]
 
@@ -432,7 +474,7 @@ def configuration_table(groups: Sequence[Group], baseline: Group | None,
 
 def tuning_table(groups: Sequence[Group], baseline: Group, tuned: str, select_on: str,
                  metric: str) -> str:
-  name = cli.flag_name(tuned)
+  name = fields_lib.flag_name(tuned)
   rows = []
   for g in groups:
     tried = '; '.join(
@@ -497,6 +539,8 @@ class Options:
   margin: float = 0.005
   alpha: float = 0.05
   command: str = ''
+  planned: int | None = None  # runs the sweep(s) plan; None: the rows are all of them
+  unfinished: tuple[str, ...] = ()  # a label per planned run that has no row
 
 
 @dataclasses.dataclass
@@ -519,11 +563,11 @@ class Report:
 
 def build(rows: Sequence[dict[str, Any]], fields: Sequence[str], opts: Options) -> Report:
   """Every table and verdict of the report, from the rows; nothing is read or written."""
-  if not 0 < opts.alpha < 0.5:
+  if not 0 < opts.alpha < 0.5:  # NaN fails this too
     raise ValueError(f'--alpha={opts.alpha} must be in (0, 0.5).')
-  if not opts.margin > 0:
-    raise ValueError(f'--margin={opts.margin} must be > 0, in units of --metric '
-                     '(0.005 is half a point of accuracy).')
+  if not (opts.margin > 0 and math.isfinite(opts.margin)):
+    raise ValueError(f'--margin={opts.margin} must be a finite number > 0, in units of '
+                     '--metric (0.005 is half a point of accuracy).')
   check_select_on(opts.select_on)
   check_metric(opts.metric, rows, '--metric')
   check_metric(opts.select_on, rows, '--select_on')
@@ -559,17 +603,24 @@ def build(rows: Sequence[dict[str, Any]], fields: Sequence[str], opts: Options) 
     notes.append(f'--metric={opts.metric} is also what --tune selected on, so the chosen '
                  'values look better on it than they would on fresh data.')
 
+  if opts.unfinished:
+    shown = list(opts.unfinished[:20]) + ([f'and {len(opts.unfinished) - 20} more']
+                                          if len(opts.unfinished) > 20 else [])
+    notes.insert(0, f'{len(opts.unfinished)} of the {opts.planned} planned runs have not '
+                 f'finished and are in no table: {", ".join(shown)}.')
   seeds = sorted({r['seed'] for r in rows})
   statuses = ', '.join(f'{n} {s}' for s, n in collections.Counter(
       r['status'] for r in rows).items())
   first = rows[0]
-  swept = ', '.join(f'{cli.flag_name(k)} ({len({show(g.values[k]) for g in every})} '
+  swept = ', '.join(f'{fields_lib.flag_name(k)} ({len({show(g.values[k]) for g in every})} '
                     'values)' for k in fields) or 'nothing'
   metrics = list(dict.fromkeys(['val_acc', 'test_acc', opts.metric]))
   metrics = [m for m in metrics if m in metric_names(rows)]
   m = sum(res.comparison is not None for res in results)
   lines = [f'# Sweep report: {opts.workdir}', '', f'```\n{opts.command}\n```', '',
-           f'{len(rows)} runs in results.jsonl ({statuses}); swept: {swept}; '
+           f'{len(rows)} runs in results.jsonl ({statuses})'
+           + (f' of {opts.planned} planned ({len(opts.unfinished)} not finished: see the '
+              'notes)' if opts.unfinished else '') + f'; swept: {swept}; '
            f'seeds {", ".join(map(str, seeds))}; data {first.get("data.dataset", "?")}, '
            f'{first.get("epochs", "?")} epoch(s).', '',
            '## Configurations', '',
@@ -598,93 +649,121 @@ def build(rows: Sequence[dict[str, Any]], fields: Sequence[str], opts: Options) 
 
 
 def write(report: Report, out: str, margin: float, metric: str) -> str:
-  """Writes the plots and report.md into `out` (curves from each run's own
-  workdir); returns report.md's text."""
+  """Writes the plots and report.md into `out` as a whole (`workdir.atomic_directory`:
+  an interrupted write leaves the previous report, or none), curves read from each
+  run's own workdir; returns report.md's text."""
   from lenet_jax import plots  # pylint: disable=import-outside-toplevel
-  os.makedirs(out, exist_ok=True)
-  figures = []
-  series = {}
-  for g in report.groups:
-    name = g.label + ''.join(f' (chosen {cli.flag_name(k)}={show(v)})'
-                             for k, v in (g.chosen or {}).items())
-    curves, missing = [], []
-    for run in g.ok():
-      found, absent = load_curves(run['workdir'], [run], 'val_acc')
-      curves += found
-      missing += absent
-    if missing:
-      report.notes.append(f'{g.label}: no metrics.jsonl for run(s) {", ".join(missing)}; they are '
-                   'not in curves.png.')
-    if curves:
-      series[name] = curves
-  if series:
-    plots.learning_curves(series, os.path.join(out, 'curves.png'))
-    figures.append('![validation accuracy per epoch, mean +- 1 std over seeds](curves.png)')
-  compared = [r for r in report.results if r.comparison is not None]
-  if compared:
-    plots.forest([r.pairing.group.label for r in compared],
-                 [r.comparison.test.estimate for r in compared],
-                 [r.comparison.interval for r in compared],
-                 [r.comparison.verdict for r in compared], margin,
-                 os.path.join(out, 'forest.png'),
-                 f'{metric}: configuration - baseline (paired by seed)',
-                 f'against {report.baseline.label}; Holm-corrected intervals')
-    figures.append('![paired differences with Holm intervals and the margin](forest.png)')
-  text = report.render(figures)
-  with open(os.path.join(out, 'report.md'), 'w') as f:
-    f.write(text)
+  with workdir_lib.atomic_directory(out) as tmp:
+    figures = []
+    series = {}
+    for g in report.groups:
+      name = g.label + ''.join(f' (chosen {fields_lib.flag_name(k)}={show(v)})'
+                               for k, v in (g.chosen or {}).items())
+      curves, missing = [], []
+      for run in g.ok():
+        found, absent = load_curves(run['workdir'], [run], 'val_acc')
+        curves += found
+        missing += absent
+      if missing:
+        report.notes.append(f'{g.label}: no metrics.jsonl for run(s) {", ".join(missing)}; '
+                            'they are not in curves.png.')
+      if curves:
+        series[name] = curves
+    if series:
+      plots.learning_curves(series, os.path.join(tmp, 'curves.png'))
+      figures.append('![validation accuracy per epoch, mean +- 1 std over seeds](curves.png)')
+    compared = [r for r in report.results if r.comparison is not None]
+    if compared:
+      plots.forest([r.pairing.group.label for r in compared],
+                   [r.comparison.test.estimate for r in compared],
+                   [r.comparison.interval for r in compared],
+                   [r.comparison.verdict for r in compared], margin,
+                   os.path.join(tmp, 'forest.png'),
+                   f'{metric}: configuration - baseline (paired by seed)',
+                   f'against {report.baseline.label}; Holm-corrected intervals')
+      figures.append('![paired differences with Holm intervals and the margin](forest.png)')
+    text = report.render(figures)
+    with open(os.path.join(tmp, 'report.md'), 'w') as f:
+      f.write(text)
   return text
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog='python -m lenet_jax.report',
-      description='Tables, paired comparisons with Holm and TOST, and plots for a sweep\'s '
-                  'workdir.')
-  parser.add_argument('workdir', nargs='+',
-                      help='the --workdir a sweep (python run.py ...) wrote; several are '
-                           'reported as one sweep whose configurations also differ in the '
-                           'fields that differ between them')
-  parser.add_argument('--baseline', required=True,
-                      help="the configuration the others are compared with, in run.py's "
-                           "flag syntax: 'channels=6,16', several fields separated by ';'")
-  parser.add_argument('--metric', default='test_acc', help='what is compared (default test_acc)')
-  parser.add_argument('--tune', default=None,
-                      help='a swept field chosen per configuration on --select_on, e.g. '
-                           'learning_rate')
-  parser.add_argument('--select_on', default='val_acc',
-                      help='what --tune maximises (minimises for a loss); never test_*')
-  parser.add_argument('--margin', type=float, default=0.005,
-                      help='equivalence margin, in units of --metric, stated before looking')
-  parser.add_argument('--alpha', type=float, default=0.05, help='family-wise error rate')
-  parser.add_argument('--out', default=None,
-                      help='output directory (default WORKDIR/report; required with several '
-                           'workdirs)')
-  return parser
+def _flags() -> flags.FlagValues:
+  """The report's own flags, in a FlagValues of their own: `main` can be called
+  again in one process, and importing the report defines nothing globally."""
+  fv = flags.FlagValues()
+  flags.DEFINE_string('baseline', None,
+                      "The configuration the others are compared with, in run.py's flag "
+                      "syntax: 'channels=6,16', several fields separated by ';'.",
+                      flag_values=fv)
+  flags.DEFINE_string('metric', 'test_acc', 'What is compared.', flag_values=fv)
+  flags.DEFINE_string('tune', None, 'A swept field chosen per configuration on --select_on, '
+                      'e.g. learning_rate.', flag_values=fv)
+  flags.DEFINE_string('select_on', 'val_acc', 'What --tune maximises (minimises for a loss); '
+                      'never test_*.', flag_values=fv)
+  flags.DEFINE_float('margin', 0.005, 'Equivalence margin, in units of --metric, stated '
+                     'before looking.', flag_values=fv)
+  flags.DEFINE_float('alpha', 0.05, 'Family-wise error rate.', flag_values=fv)
+  flags.DEFINE_string('out', None, 'Output directory (default WORKDIR/report; required with '
+                      'several workdirs).', flag_values=fv)
+  flags.DEFINE_boolean('allow_incomplete', False, "Report on the runs that finished when "
+                       "some of the sweep's planned runs have not (they are listed in the "
+                       'notes); without it such a report is refused.', flag_values=fv)
+  return fv
+
+
+def _fail(message: str) -> int:
+  print(f'error: {message}', file=sys.stderr)
+  return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command: WORKDIR [WORKDIR ...] and the flags of `_flags`; returns the exit status."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  args = _parser().parse_args(argv)
-  opts = Options(' '.join(args.workdir), args.baseline, args.metric, args.select_on, args.tune,
-                 args.margin, args.alpha, shlex.join(['python', '-m', 'lenet_jax.report', *argv]))
-  if args.out is None and len(args.workdir) > 1:
-    print(f'error: {len(args.workdir)} workdirs and no --out: say where the report goes '
-          '(--out=DIR), since it belongs to none of them alone.', file=sys.stderr)
-    return 2
-  out = args.out or os.path.join(args.workdir[0], 'report')
+  fv = _flags()
+  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv):
+    print(__doc__ + '\nflags:\n' + fv.get_help(include_special_flags=False))
+    return 0
   try:
-    rows, fields = load_sweeps(args.workdir)
+    workdirs = fv(['report', *argv])[1:]
+  except flags.Error as e:
+    return _fail(f'{e}. Run with --help to list the flags.')
+  if not workdirs:
+    return _fail('give the --workdir of a sweep (python -m lenet_jax.report WORKDIR '
+                 "--baseline='channels=6,16').")
+  if not fv.baseline:
+    return _fail("--baseline is required: the configuration the others are compared with, "
+                 "e.g. --baseline='channels=6,16'.")
+  if fv.out is None and len(workdirs) > 1:
+    return _fail(f'{len(workdirs)} workdirs and no --out: say where the report goes '
+                 '(--out=DIR), since it belongs to none of them alone.')
+  out = fv.out or os.path.join(workdirs[0], 'report')
+  try:
+    rows, fields = load_sweeps(workdirs)
+    planned, unfinished = 0, []
+    for workdir in workdirs:
+      count, missing = unfinished_runs(workdir, [r for r in rows if r['workdir'] == workdir])
+      planned, unfinished = planned + count, unfinished + [
+          f'{m} (in {workdir})' if len(workdirs) > 1 else m for m in missing]
+    if unfinished and not fv.allow_incomplete:
+      raise ValueError(f'{len(unfinished)} of the {planned} runs the sweep plans have not '
+                       f'finished (first: {unfinished[0]}); finish the sweep (run it again '
+                       'with the same flags: it resumes), or give --allow_incomplete to '
+                       'report on the runs that did.')
+    opts = Options(' '.join(workdirs), fv.baseline, fv.metric, fv.select_on, fv.tune,
+                   fv.margin, fv.alpha,
+                   shlex.join(['python', '-m', 'lenet_jax.report', *argv]),
+                   planned, tuple(unfinished))
     report = build(rows, fields, opts)
+    text = write(report, out, fv.margin, fv.metric)
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  try:
-    text = write(report, out, args.margin, args.metric)
+    return _fail(str(e))
   except OSError as e:
-    print(f'error: cannot write the report to --out={out} ({e.strerror}); choose another '
-          'directory.', file=sys.stderr)
-    return 2
+    return _fail(f'cannot write the report to --out={out} ({e.strerror}); choose another '
+                 'directory.')
+  except KeyboardInterrupt:
+    print(f'interrupted: no report written; {out} is as it was.', file=sys.stderr)
+    return 130
   print(text)
   print(f'written to {out}')
   return 0

@@ -13,6 +13,9 @@
 * `stop_requests`: SIGINT/SIGTERM ask the training loop to stop at its next
   safe point (after the epoch in progress, with a checkpoint); a second one
   stops at once. SIGUSR1 asks for a checkpoint and training goes on.
+* `atomic_directory`: a directory written whole or not at all: filled under a
+  temporary name and swapped in at the end, so an interrupted writer leaves
+  the previous directory (or none), never a half-written one.
 * `DiskFull`: a write that failed for lack of space, naming the directory.
 """
 import contextlib
@@ -150,6 +153,34 @@ def atomic_write(path: str, data: str | bytes) -> None:
       if isinstance(e, OSError):
         raise_if_disk_full(e, path)
       raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str):
+  """Yields a temporary directory beside `path`; when the block ends without an
+  exception it replaces `path` (and any previous `path` is removed), otherwise
+  it is removed and `path` stays as it was.
+
+  The swap is two renames with SIGINT/SIGTERM held between them; only a kill -9
+  at that instant leaves the previous directory at `<path>.old<pid>`.
+  """
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise NotADirectoryError(errno.ENOTDIR, 'exists and is not a directory', path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.mkdir(tmp)
+  try:
+    yield tmp
+    with deferred_signals():
+      old = f'{path}.old{os.getpid()}'
+      if os.path.isdir(path):
+        os.rename(path, old)
+      os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:

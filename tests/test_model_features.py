@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 
 from conftest import float_tolerance
-from lenet_jax import cli, optim, train
+from lenet_jax import fields, optim, train
 from lenet_jax.config import ModelConfig, OptimConfig
 from lenet_jax.model import LeNet5
 
@@ -147,10 +147,10 @@ def test_bool_flags_parse_true_and_false_only():
   fv(['run.py', '--inner_activation=false', '--convs_per_block=2'])
   sweep = cli.sweep_from_flags(fv)
   assert sweep.base.model.inner_activation is False
-  assert cli.parse_values('model.inner_activation', ['True,false']) == [True, False]
+  assert fields.parse_values('model.inner_activation', ['True,false']) == [True, False]
   with pytest.raises(ValueError, match=r"--inner_activation: '1' is not a valid bool; use "
                                        'true or false'):
-    cli.parse_values('model.inner_activation', ['1'])
+    fields.parse_values('model.inner_activation', ['1'])
   help_text = fv.get_help()
   assert "--inner_activation: false: none between a block's stacked convs" in help_text
   for flag in ('--head', '--conv_init_scale', '--conv_lr_scale', '--augment_shift'):

@@ -136,10 +136,15 @@ def test_missing_seeds_are_paired_on_the_common_ones_and_diverged_runs_noted(swe
     kept.append(r)
   with open(workdir / 'results.jsonl', 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in kept)
-  assert report.main([str(workdir), '--baseline=channels=4,8;learning_rate=1e-3',
-                      f'--out={tmp_path / "out"}']) == 0
+  args = [str(workdir), '--baseline=channels=4,8;learning_rate=1e-3', f'--out={tmp_path / "out"}']
+  assert report.main(args) == 2  # an unfinished sweep is refused ...
+  assert not (tmp_path / 'out').exists()
+  assert report.main(args + ['--allow_incomplete']) == 0  # ... unless asked for
   text = (tmp_path / 'out' / 'report.md').read_text()
-  assert '11 runs in results.jsonl (8 ok, 3 diverged)' in text
+  assert ('11 runs in results.jsonl (8 ok, 3 diverged) of 12 planned (1 not finished: see the '
+          'notes)') in text
+  assert ('1 of the 12 planned runs have not finished and are in no table: '
+          'channels=6,8; learning_rate=0.001 seed 2.') in text
   assert 'channels=6,8; learning_rate=0.001 | 2/2' in text
   assert ('channels=6,8; learning_rate=0.001: paired on 2 common seed(s) of 3: seed(s) 2 not '
           'run in this configuration') in text
@@ -176,7 +181,27 @@ def test_missing_seeds_are_paired_on_the_common_ones_and_diverged_runs_noted(swe
     (['{sweep}', '--baseline=channels=4,8;learning_rate=1e-3', '--tune=learning_rate'],
      'names learning_rate, the field --tune chooses; leave it out of the baseline'),
     (['{sweep}', '--baseline=channels=4,8', '--tune=learning_rate', '--margin=0'],
-     '--margin=0.0 must be > 0'),
+     '--margin=0.0 must be a finite number > 0'),
+    (['{sweep}', '--baseline=channels=4,8', '--margin=inf'],
+     '--margin=inf must be a finite number > 0'),
+    (['{sweep}', '--baseline=channels=4,8', '--margin=nan'],
+     '--margin=nan must be a finite number > 0'),
+    (['{sweep}', '--baseline=channels=4,8', '--margin=-0.01'],
+     '--margin=-0.01 must be a finite number > 0'),
+    (['{sweep}', '--baseline=channels=4,8', '--alpha=nan'], '--alpha=nan must be in (0, 0.5)'),
+    (['{sweep}', '--baseline=channels=4,8;channels=6,8;learning_rate=1e-3'],
+     "--baseline='channels=4,8;channels=6,8;learning_rate=1e-3' names channels twice"),
+    (['{sweep}', '--baseline=channels=4,8;learning_rate=1e-3;learning_rate=3e-3'],
+     'names learning_rate twice'),
+    (['{sweep}', '--baseline=channels=4,8', '--margin=half'],
+     "flag --margin=half: could not convert string to float: 'half'"),
+    (['{sweep}', '--baseline=channels=4,8', '--metrc=val_acc'],
+     "Unknown command line flag 'metrc'"),
+    (['{sweep}'], '--baseline is required'),
+    (['--baseline=channels=4,8'], 'give the --workdir of a sweep'),
+    (['{partial}', '--baseline=channels=4,8;learning_rate=1e-3'],
+     '1 of the 12 runs the sweep plans have not finished (first: channels=6,8; '
+     'learning_rate=0.003 seed 2); finish the sweep'),
     (['{sweep}', '--baseline=channels=4,8', '--tune=learning_rate', '--alpha=0.5'],
      '--alpha=0.5 must be in (0, 0.5)'),
 ])
@@ -186,8 +211,12 @@ def test_bad_input_is_one_clear_message_and_exit_status_2(sweep_dir, tmp_path, c
   (tmp_path / 'corrupt').mkdir()
   shutil.copy(sweep_dir / 'results.jsonl', tmp_path / 'corrupt')
   (tmp_path / 'corrupt' / 'sweep.json').write_text('{"axes": ')  # cut off mid-write
+  (tmp_path / 'partial').mkdir()  # the last run of the sweep has not finished
+  shutil.copy(sweep_dir / 'sweep.json', tmp_path / 'partial')
+  (tmp_path / 'partial' / 'results.jsonl').write_text(
+      ''.join((sweep_dir / 'results.jsonl').read_text().splitlines(keepends=True)[:-1]))
   names = {'missing': tmp_path / 'nowhere', 'empty': tmp_path / 'empty',
-           'corrupt': tmp_path / 'corrupt', 'sweep': sweep_dir}
+           'corrupt': tmp_path / 'corrupt', 'sweep': sweep_dir, 'partial': tmp_path / 'partial'}
   status = report.main([a.format(**names) for a in args] + [f'--out={tmp_path / "out"}'])
   err = capsys.readouterr().err
   assert status == 2, err
@@ -337,3 +366,38 @@ def test_runs_that_ended_near_chance_are_named_in_the_notes():
   clean = [r for r in rows if r['train_acc'] > 0.5]
   assert not any('near chance' in n for n in report.build(
       clean, ['optim.learning_rate'], report.Options('W', 'learning_rate=0.1')).notes)
+
+
+@REPORT_PACKAGES
+def test_an_interrupted_report_leaves_the_previous_one_whole(sweep_dir, tmp_path, capsys,
+                                                             monkeypatch):
+  """Ctrl-C while the plots are drawn: exit 130, one line, the old report untouched and
+  no half-written directory beside it."""
+  from lenet_jax import plots
+  out = tmp_path / 'out'
+  args = [str(sweep_dir), '--baseline=channels=4,8;learning_rate=1e-3', f'--out={out}']
+  assert report.main(args) == 0
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert set(before) == {'report.md', 'curves.png', 'forest.png'}
+  capsys.readouterr()
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(plots, 'forest', interrupted)
+  assert report.main(args + ['--margin=0.01']) == 130
+  err = capsys.readouterr().err
+  assert err == f'interrupted: no report written; {out} is as it was.\n'
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+  monkeypatch.undo()
+  assert report.main(args + ['--margin=0.01']) == 0  # and the next one replaces it whole
+  assert '+-0.01' in (out / 'report.md').read_text()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+def test_help_lists_the_flags(capsys):
+  assert report.main(['--help']) == 0
+  text = capsys.readouterr().out
+  assert 'python -m lenet_jax.report WORKDIR' in text
+  for flag in ('--baseline', '--margin', '--allow_incomplete', '--out', '--tune'):
+    assert flag in text
