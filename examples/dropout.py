@@ -22,7 +22,8 @@ class Net(nn.Module):
 rng = np.random.default_rng(0)
 batch = {'image': rng.integers(0, 256, (32, 12, 12, 1), np.uint8),
          'label': rng.integers(0, 10, 32)}
-# The key initialises the parameters; step t's dropout key is fold_in(state.key, t).
+# The key initialises the parameters; step t's dropout key is
+# lenet_jax.step_keys(state.key, t)['dropout'], a piece of fold_in(state.key, t).
 state = lenet_jax.create_train_state(Net(), optax.adam(1e-3), jax.random.key(0), (12, 12, 1))
 for _ in range(5):
   state, metrics = lenet_jax.train_step(state, batch)  # train=True: dropout, batch statistics

@@ -6,7 +6,7 @@ parameter budget (6->16, 10->10, 16->6 all have about 2,600-2,800 conv
 parameters). The rest is the note's network with the default recipe.
 Full mode: 10 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 160 runs, 3 more per grid extended
-(the README gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
+(docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments channel_growth --max_minutes=50
 """
 import os

@@ -6,7 +6,7 @@ parameters as the note's (2,572). 'same' padding everywhere, so every kernel
 size gives the same map sizes (28 -> 14 -> 7) and the same dense layers.
 Full mode: 14 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 224 runs, 3 more per grid extended
-(the README gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
+(docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments channels_vs_kernel --max_minutes=50
 """
 import os

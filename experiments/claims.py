@@ -3,7 +3,7 @@ real normalisation (batch norm), and max vs average vs no pooling under small sh
 
 Full mode: 14 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 224 runs, 3 more per grid extended
-(the README gives the study's wall time; the no-pooling arm is the slow one); resumable,
+(docs/experiments.md gives the study's wall time; the no-pooling arm is the slow one); resumable,
 e.g. in pieces of 50 minutes:
   python -m experiments claims --max_minutes=50
 """

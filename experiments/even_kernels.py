@@ -7,7 +7,7 @@ output's window is centred) and empirically (test accuracy with the test
 images moved one pixel in each direction).
 Full mode: 4 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 64 runs, 3 more per grid extended
-(the README gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
+(docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments even_kernels --max_minutes=50
 """
 from experiments import common

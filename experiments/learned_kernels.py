@@ -6,7 +6,7 @@ what learning them is worth: the same network with the first conv layer (or
 both conv layers) frozen at its random initialisation.
 Full mode: 3 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 48 runs, 3 more per grid extended
-(see the README for the study's wall time); resumable, e.g. in pieces of 50 minutes:
+(see docs/experiments.md for the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments learned_kernels --max_minutes=50
 """
 import os

@@ -6,7 +6,7 @@ Every arm keeps the note's map sizes (28 -> 28 -> 14 -> 10 -> 5) except 1x1,
 which cannot shrink 14 to 10 without padding tricks and keeps 14 -> 7.
 Full mode: 9 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 144 runs, 3 more per grid extended
-(the README gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
+(docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments small_kernels --max_minutes=50
 """
 import os

@@ -110,7 +110,7 @@ def default() -> Config:
   """The best sensible recipe for the note's network: ReLU, Adam 2e-3, cosine, batch 128.
 
   Picked by validation accuracy among Adam learning rates 1e-3, 2e-3, 3e-3 and
-  batch sizes 128, 256 (README, Results).
+  batch sizes 128, 256 (docs/experiments.md, Results).
   """
   return Config(model=ModelConfig(activation='relu'),
                 optim=OptimConfig(learning_rate=2e-3), batch_size=128)

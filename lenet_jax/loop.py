@@ -82,7 +82,7 @@ def resolve_vmap(vmap: bool | None) -> bool:
 
   On GPU/TPU (or several CPU devices) one vmapped program trains the group.
   On one CPU device stacked models train a little slower per model than one
-  model at a time (README, Benchmark), so the members take turns through one
+  model at a time (docs/benchmark.md, CPU suite), so the members take turns through one
   compiled single-model program.
   """
   if vmap is None:

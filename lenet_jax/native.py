@@ -150,8 +150,29 @@ def _weight_grad(x, dy, pads, kernel_hw):
       x, dy, pad_top=np.int64(top), pad_left=np.int64(left))
 
 
+FORWARD_MODE = ("conv_impl='native' has no forward-mode derivative (jax.jvp, jax.jacfwd, "
+                'jax.hessian): its gradient is a reverse-mode rule of its own. '
+                "Build the model with conv_impl='xla' (or 'patches'), e.g. "
+                "LeNet5(ModelConfig(conv_impl='xla')) or --conv_impl=xla; it computes the same "
+                'function and has both modes.')
+
+
+def _reverse_mode_only(fn):
+  """`fn` (a custom_vjp function) with JAX's bare forward-mode error replaced by
+  one that names the convolution that supports forward mode."""
+  @functools.wraps(fn)
+  def wrapped(*args):
+    try:
+      return fn(*args)
+    except TypeError as e:
+      if 'forward-mode' not in str(e):
+        raise
+      raise TypeError(FORWARD_MODE) from None
+  return wrapped
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_chwn(x, w, pads):
+def _conv_chwn(x, w, pads):
   """The convolution of CHWN `x` with HWIO `w`, pads ((top, bottom), (left, right))."""
   return _forward(x, w, pads)
 
@@ -171,7 +192,8 @@ def _conv_bwd(pads, residuals, dy):
   return _forward(dy, flipped, dx_pads), _weight_grad(x, dy, pads, (kh, kw))
 
 
-conv_chwn.defvjp(_conv_fwd, _conv_bwd)
+_conv_chwn.defvjp(_conv_fwd, _conv_bwd)
+conv_chwn = _reverse_mode_only(_conv_chwn)
 
 
 def max_pool(x, window: int):
@@ -187,7 +209,7 @@ def max_pool(x, window: int):
   if not 1 <= window <= MAX_POOL_WINDOW:
     raise ValueError(f'native max_pool takes windows of 1..{MAX_POOL_WINDOW}, not {window}.')
   _require()
-  return _max_pool(x, window, tuple(x.shape))
+  return _reverse_mode_only(_max_pool)(x, window, tuple(x.shape))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -230,7 +252,7 @@ def conv_max_pool(x, w, pads, window: int):
   if not 1 <= window <= MAX_POOL_WINDOW:
     raise ValueError(f'native max pooling takes windows of 1..{MAX_POOL_WINDOW}, not {window}.')
   _require()
-  return _conv_max_pool(x, w, tuple(map(tuple, pads)), window)
+  return _reverse_mode_only(_conv_max_pool)(x, w, tuple(map(tuple, pads)), window)
 
 
 def _conv_shape(x_shape, w_shape, pads):

@@ -18,6 +18,10 @@ import optax
 from flax import nnx
 
 
+def _copy(x):
+  return x.copy() if isinstance(x, jax.Array) else x
+
+
 class NNXTrainState(flax.struct.PyTreeNode):
   """An NNX module and its optimizer, as pytrees; `module()` merges it back."""
   step: jax.Array
@@ -30,7 +34,9 @@ class NNXTrainState(flax.struct.PyTreeNode):
   @classmethod
   def create(cls, module: nnx.Module, tx: optax.GradientTransformation) -> 'NNXTrainState':
     graphdef, params, model_state = nnx.split(module, nnx.Param, ...)
-    params, model_state = nnx.as_pure(params), nnx.as_pure(model_state)
+    # Copies, not the module's own arrays: a train_step that donates its state
+    # would otherwise delete the arrays of the module the user still holds.
+    params, model_state = jax.tree.map(_copy, (nnx.as_pure(params), nnx.as_pure(model_state)))
     return cls(step=0, params=params, model_state=model_state, opt_state=tx.init(params),
                graphdef=graphdef, tx=tx)
 

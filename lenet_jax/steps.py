@@ -17,18 +17,31 @@ What the steps do for the model:
          'deterministic', 'use_running_average'), so dropout and batch norm
          behave without the model's defaults mattering. NNX modules are also
          put in `.train()`/`.eval()` mode.
-  keys   Step t of a Linen model draws its random numbers (dropout) from
-         `fold_in(state.key, t)`: the step stays a pure function of the state
-         and a run is reproducible. NNX modules draw from their own `nnx.Rngs`
-         streams, whose counts live in the state and advance every step.
+  keys   Training step t of a Linen model passes it
+         `rngs=dict(zip(rng_collections, jax.random.split(fold_in(state.key, t),
+         len(rng_collections))))`: collection i (default: only 'dropout') gets
+         piece i of step t's key (`step_keys` computes them), so the step stays
+         a pure function of the state and a run is reproducible. Evaluation
+         passes no keys. NNX modules draw from their own `nnx.Rngs` streams,
+         whose counts live in the state and advance every step.
   loss   `loss_fn(outputs, labels)` gets the model's whole output (an array, a
          tuple, a dict) and returns one loss per example; training minimises
-         their mean, evaluation sums them over the unmasked examples.
+         their mean, evaluation sums them.
+  mask   An optional boolean batch['mask'], shape (B,): False marks a padding
+         row. Training takes the mean loss over the True rows and counts only
+         them; evaluation sums over them. The model still sees every row, so
+         batch norm's batch statistics include padding (pad with real examples
+         there). Other dtypes are refused: write `mask=weights > 0` to mean it.
+  correct  Counted where it means something: integer labels of the logits'
+         batch shape (class indices), or labels of the logits' own shape with
+         more than one class (one-hot or soft). Otherwise (regression targets,
+         one output) the metrics have no 'correct'.
 
 The default choices are `lenet_jax.train_step`/`eval_step`: integer labels,
 softmax cross entropy, uint8 images scaled to [0, 1] on the device.
 """
 import inspect
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,11 +81,24 @@ def model_call(apply_fn: Callable) -> Callable:
   return module.__call__ if isinstance(module, nn.Module) else apply_fn
 
 
+def _looks_boolean(parameter: inspect.Parameter) -> bool:
+  """Annotated bool (or bool | None), or a True/False default."""
+  annotation = parameter.annotation
+  if isinstance(annotation, str):
+    return annotation.replace(' ', '') in ('bool', 'bool|None', 'Optional[bool]')
+  if annotation is bool or isinstance(parameter.default, bool):
+    return True
+  return bool(typing.get_args(annotation)) and set(typing.get_args(annotation)) <= {
+      bool, type(None)}
+
+
 def mode_kwargs(call: Callable, mode_arg: str | None, training: bool) -> dict[str, bool]:
   """The keyword argument that tells the model `call` whether it trains.
 
   mode_arg='auto' finds it among TRAIN_FLAGS and EVAL_FLAGS in `call`'s
-  signature (none found: the model has no mode, nothing is passed); a name
+  signature (none found: the model has no mode, nothing is passed; but an
+  argument that looks boolean and is not among them is an error, since a
+  model trained without being told so keeps dropout off silently); a name
   is passed as given and must be an argument of `call`; None passes nothing.
   """
   if mode_arg is None:
@@ -90,6 +116,16 @@ def mode_kwargs(call: Callable, mode_arg: str | None, training: bool) -> dict[st
       raise ValueError(f'{_describe(call)} takes several mode arguments {found}; name the '
                        f"one that means training: make_train_step(mode_arg={found[0]!r}).")
     if not found:
+      unmatched = [name for name, p in (parameters or {}).items()
+                   if p.kind in by_name and _looks_boolean(p)]
+      if unmatched:
+        raise ValueError(
+            f'{_describe(call)} takes {", ".join(map(repr, unmatched))}, which looks like '
+            "a switch, but mode_arg='auto' recognises only "
+            f'{", ".join(TRAIN_FLAGS)} (True: training) and {", ".join(EVAL_FLAGS)} (True: '
+            f'evaluation). If it sets training mode, name it: make_train_step(mode_arg='
+            f'{unmatched[0]!r}) and create_train_state(..., mode_arg={unmatched[0]!r}); if '
+            'the model has no mode, mode_arg=None.')
       return {}
     name = found[0]
   else:
@@ -128,9 +164,7 @@ def _linen_apply(state, params, inputs, training: bool, mode_arg, rng_collection
   kwargs = dict(mode)
   key = getattr(state, 'key', None)
   if training and key is not None and rng_collections:
-    step_key = jax.random.fold_in(key, state.step)
-    kwargs['rngs'] = dict(zip(rng_collections,
-                              jax.random.split(step_key, len(rng_collections))))
+    kwargs['rngs'] = step_keys(key, state.step, rng_collections)
   variables = {'params': params, **collections}
   try:
     if training and collections:
@@ -163,11 +197,60 @@ def _apply(state, params, inputs, training: bool, mode_arg, rng_collections):
   return _linen_apply(state, params, inputs, training, mode_arg, rng_collections)
 
 
+def step_keys(key: jax.Array, step, rng_collections: Sequence[str] = ('dropout',)
+              ) -> dict[str, jax.Array]:
+  """The `rngs` a Linen model gets in training step `step` of a state holding `key`."""
+  if not rng_collections:
+    return {}
+  pieces = jax.random.split(jax.random.fold_in(key, step), len(rng_collections))
+  return dict(zip(rng_collections, pieces))
+
+
+def counts_correct(logits, labels) -> bool:
+  """Whether labels are classes the logits can be right about (see `correct` above)."""
+  if not isinstance(logits, jax.Array) or logits.ndim < 1:
+    return False
+  if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1]:
+    return True
+  return labels.shape == logits.shape and logits.shape[-1] > 1
+
+
 def _correct(logits, labels):
   """Per example: whether the top class is the label (or the top class of soft labels)."""
   if labels.ndim == logits.ndim:  # one-hot or soft labels
     labels = jnp.argmax(labels, -1)
   return jnp.argmax(logits, -1) == labels
+
+
+def _mask(batch, count: int, label_key: str):
+  """batch['mask'] checked (boolean, one per example), or None without one."""
+  if 'mask' not in batch:
+    return None
+  mask = jnp.asarray(batch['mask'])
+  if mask.dtype != jnp.bool_:
+    raise ValueError(f"batch['mask'] has dtype {mask.dtype}; it must be boolean, True for the "
+                     "examples that count (a padding row is False): pass e.g. "
+                     "batch['mask'] = weights > 0.")
+  if mask.shape != (count,):
+    raise ValueError(f"batch['mask'] has shape {mask.shape}; it must have one entry per "
+                     f"example of batch[{label_key!r}], shape ({count},).")
+  return mask
+
+
+class BatchKeyError(KeyError):
+  """A batch without the key the steps read; says which keys it has."""
+
+  def __str__(self):
+    return str(self.args[0])
+
+
+def _get(batch, key: str, role: str, flag: str):
+  try:
+    return batch[key]
+  except (KeyError, TypeError, IndexError):
+    keys = ', '.join(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+    raise BatchKeyError(f'the batch has no {key!r} (its {role}); its keys are {keys}. Name '
+                        f"the batch's keys with make_train_step({flag}=...).") from None
 
 
 def step_functions(loss_fn: Callable = optax.softmax_cross_entropy_with_integer_labels,
@@ -190,19 +273,42 @@ def step_functions(loss_fn: Callable = optax.softmax_cross_entropy_with_integer_
                        f'({labels.shape[0]},), e.g. optax.softmax_cross_entropy_with_'
                        'integer_labels(logits, labels) rather than its mean.')
     logits = outputs if logits_fn is None else logits_fn(outputs)
-    if not isinstance(logits, jax.Array):
+    if logits is not None and not isinstance(logits, jax.Array):
       raise ValueError(f'the model returns a {type(outputs).__name__}, not logits; pass '
                        'make_train_step(logits_fn=...) picking them, e.g. '
-                       'logits_fn=lambda outputs: outputs[0], to count correct answers.')
+                       'logits_fn=lambda outputs: outputs[0], to count correct answers '
+                       '(or logits_fn=lambda outputs: None to count none).')
     return losses, logits
 
+  def inputs_and_labels(batch):
+    inputs = _get(batch, input_key, 'inputs', 'input_key')
+    labels = jnp.asarray(_get(batch, label_key, 'labels', 'label_key'))
+    raw = jnp.asarray(inputs)
+    return raw, prepare(raw), labels
+
+  def call(state, params, raw, inputs, training):
+    try:
+      return _apply(state, params, inputs, training, mode_arg, rng_collections)
+    except ValueError as e:
+      if (preprocess is to_float and jnp.issubdtype(raw.dtype, jnp.integer)
+          and 'must be an integer' in str(e)):
+        raise ValueError(f'{e} The default preprocess scales integer inputs (uint8 images) '
+                         f'to floats in [0, 1], so batch[{input_key!r}] ({raw.dtype}) '
+                         'reached the model as floats; for integer token inputs pass '
+                         'make_train_step(preprocess=None).') from e
+      raise
+
   def train_step(state, batch):
-    inputs, labels = prepare(batch[input_key]), batch[label_key]
+    raw, inputs, labels = inputs_and_labels(batch)
+    mask = _mask(batch, labels.shape[0], label_key)
 
     def loss(params):
-      outputs, collections = _apply(state, params, inputs, True, mode_arg, rng_collections)
+      outputs, collections = call(state, params, raw, inputs, True)
       losses, logits = losses_and_logits(outputs, labels)
-      return losses.mean(), (logits, collections)
+      if mask is None:  # the program stays the one without masks
+        return losses.mean(), (logits, collections)
+      total = jnp.sum(jnp.where(mask, losses, 0.0))
+      return total / jnp.maximum(jnp.sum(mask), 1), (logits, collections)
 
     (loss_value, (logits, collections)), grads = jax.value_and_grad(loss, has_aux=True)(
         state.params)
@@ -210,19 +316,27 @@ def step_functions(loss_fn: Callable = optax.softmax_cross_entropy_with_integer_
       state = state.apply_gradients(grads=grads, model_state=collections)
     else:
       state = state.apply_gradients(grads=grads, **_with_collections(state, collections))
-    metrics = {'loss': loss_value, 'correct': jnp.sum(_correct(logits, labels)),
-               'count': jnp.asarray(labels.shape[0], jnp.int32)}
+    metrics = {'loss': loss_value}
+    if counts_correct(logits, labels):
+      right = _correct(logits, labels)
+      metrics['correct'] = jnp.sum(right if mask is None else right & mask)
+    metrics['count'] = (jnp.asarray(labels.shape[0], jnp.int32) if mask is None
+                        else jnp.sum(mask.astype(jnp.int32)))
     return state, metrics
 
   def eval_step(state, batch):
     """Sums and counts over the examples whose batch['mask'] is true (all, if absent)."""
-    inputs, labels = prepare(batch[input_key]), batch[label_key]
-    mask = batch.get('mask', jnp.ones(labels.shape[:1], bool))
-    outputs, _ = _apply(state, state.params, inputs, False, mode_arg, rng_collections)
+    raw, inputs, labels = inputs_and_labels(batch)
+    mask = _mask(batch, labels.shape[0], label_key)
+    if mask is None:
+      mask = jnp.ones(labels.shape[:1], bool)
+    outputs, _ = call(state, state.params, raw, inputs, False)
     losses, logits = losses_and_logits(outputs, labels)
-    return {'loss_sum': jnp.sum(jnp.where(mask, losses, 0.0)),
-            'correct': jnp.sum(_correct(logits, labels) & mask),
-            'count': jnp.sum(mask.astype(jnp.int32))}
+    sums = {'loss_sum': jnp.sum(jnp.where(mask, losses, 0.0))}
+    if counts_correct(logits, labels):
+      sums['correct'] = jnp.sum(_correct(logits, labels) & mask)
+    sums['count'] = jnp.sum(mask.astype(jnp.int32))
+    return sums
 
   return train_step, eval_step
 
@@ -241,13 +355,15 @@ def make_train_step(loss_fn: Callable = optax.softmax_cross_entropy_with_integer
       `outputs` is whatever the model returns; `labels` is batch[label_key]
       (integers, one-hot or soft labels).
     logits_fn: picks the class scores out of the outputs to count correct
-      answers (e.g. `lambda outputs: outputs[0]`); None: the outputs are them.
+      answers (e.g. `lambda outputs: outputs[0]`; one returning None counts
+      none); None: the outputs are them.
     rng_collections: the Linen RNG collections given a fresh key each
       training step (none in evaluation). NNX modules use their own Rngs.
     mode_arg: the model's argument that sets training or evaluation mode;
       'auto' finds it by name, None passes none (see `mode_kwargs`).
     input_key, label_key: where the batch dict holds inputs and labels; the
-      optional batch['mask'] selects the examples evaluation counts.
+      optional boolean batch['mask'] selects the examples that count, in
+      training and evaluation (see the module docstring).
     preprocess: applied to the inputs on the device; the default scales
       integer (uint8 image) inputs to [0, 1], None passes them as they are
       (integer token inputs, or images already scaled).

@@ -44,7 +44,8 @@ class TrainState(train_state.TrainState):
   """Flax's TrainState plus the model's non-trainable collections and a key.
 
   `key` is the root of the steps' random numbers: training step t gives the
-  model `fold_in(key, t)` for its dropout, so a step is a pure function of
+  model `steps.step_keys(key, t)` (`split(fold_in(key, t), n)`, one piece per
+  RNG collection: 'dropout' alone by default), so a step is a pure function of
   the state. None (as in a state made by `TrainState.create` without one):
   the model gets no keys.
   """
@@ -79,7 +80,15 @@ def create_train_state(model: nn.Module | nnx.Module, tx: optax.GradientTransfor
                      'needs the key that initialises the model and the shape of one input, '
                      'e.g. (28, 28, 1).')
   eval_mode = steps.mode_kwargs(model.__call__, mode_arg, training=False)
-  variables = model.init(key, jnp.zeros((1, *input_shape), input_dtype), **eval_mode)
+  try:
+    variables = model.init(key, jnp.zeros((1, *input_shape), input_dtype), **eval_mode)
+  except ValueError as e:
+    if 'must be an integer' not in str(e) or jnp.issubdtype(input_dtype, jnp.integer):
+      raise
+    raise ValueError(f'{e} The model takes integer inputs (tokens), but it was initialised '
+                     f'on {jnp.dtype(input_dtype).name} zeros: pass create_train_state(..., '
+                     'input_dtype=jnp.int32), and make_train_step(preprocess=None) so the '
+                     'steps pass the integers as they are.') from e
   variables = flax.core.unfreeze(variables)
   params = variables.pop('params')
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,

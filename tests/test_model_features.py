@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 
 from conftest import float_tolerance
-from lenet_jax import fields, optim, train
+from lenet_jax import cli, fields, optim, train
 from lenet_jax.config import ModelConfig, OptimConfig
 from lenet_jax.model import LeNet5
 
