@@ -17,9 +17,11 @@ from absl import app
 from absl import flags
 
 from lenet_jax import cli
+from lenet_jax import console
 
 cli.define_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them
 
 if __name__ == '__main__':
+  console.install()  # dependency warnings: once each, one line, as they happen
   app.run(lambda argv: sys.exit(cli.main(argv)), flags_parser=cli.parse_flags)

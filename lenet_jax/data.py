@@ -154,11 +154,38 @@ def load_idx_split(directory: str, split: str, info: DatasetInfo):
 # TFDS
 
 
+def _tfds_root(data_dir: str | None) -> str:
+  return data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(
+      '~/tensorflow_datasets')
+
+
 def _tfds_prepared(name: str, data_dir: str | None) -> bool:
   """Whether TFDS holds prepared data for `name`, checked without importing TF."""
-  root = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(
-      '~/tensorflow_datasets')
-  return os.path.isdir(os.path.join(root, name))
+  return os.path.isdir(os.path.join(_tfds_root(data_dir), name))
+
+
+# TFDS reads a dataset's metadata from Google Cloud Storage before it downloads
+# anything; offline, its downloader retries for minutes before it gives up.
+# One request here, with a short timeout, tells offline from online first.
+DOWNLOAD_PROBE = 'https://storage.googleapis.com/'
+PROBE_SECONDS = 5.0
+
+
+def offline_reason(url: str | None = None, timeout: float = PROBE_SECONDS) -> str | None:
+  """None if `url` answers (any HTTP status) within `timeout`, else why not.
+
+  Through urllib, so the proxy settings of the environment ($https_proxy) apply.
+  """
+  import urllib.error  # pylint: disable=import-outside-toplevel
+  import urllib.request  # pylint: disable=import-outside-toplevel
+  url = url or DOWNLOAD_PROBE
+  try:
+    urllib.request.urlopen(url, timeout=timeout).close()
+  except urllib.error.HTTPError:
+    return None  # it answered
+  except (OSError, ValueError) as e:  # URLError, timeouts and refused connections are OSErrors
+    return f'{url} cannot be reached ({getattr(e, "reason", e)}; waited at most {timeout:g} s)'
+  return None
 
 
 def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool):
@@ -183,6 +210,8 @@ def _no_data_error(name: str, cfg: DataConfig, tried: list[str]) -> ValueError:
   if DATASETS[name].idx:
     ways.append(f'or put its four IDX files (train-images-idx3-ubyte.gz, ...) in '
                 f'a directory and pass --idx_dir=DIR or set ${IDX_DIR_ENV}=DIR')
+    ways.append(f'or prepare TFDS data from those files, offline: python -m '
+                f'lenet_jax.tfds_offline --dataset={name} --idx_dir=DIR')
   if name in SYSTEM_IDX_DIRS:
     ways.append(f'or install the system package: apt-get install '
                 f'dataset-{name.replace("_", "-")} (files in {SYSTEM_IDX_DIRS[name]})')
@@ -243,11 +272,16 @@ def _read_splits(name: str, cfg: DataConfig):
               load_idx_split(found, 'test', info))
     tried.append(f'IDX files in {SYSTEM_IDX_DIRS[name]!r}: not found')
   if cfg.source in ('tfds', 'auto'):
-    try:
-      return ('tfds', load_tfds_split(name, 'train', cfg.tfds_data_dir, True),
-              load_tfds_split(name, 'test', cfg.tfds_data_dir, True))
-    except Exception as e:  # pylint: disable=broad-except
-      tried.append(f'a TFDS download: {type(e).__name__}: {str(e)[:300]}')
+    offline = offline_reason()
+    if offline:
+      tried.append(f'TFDS data prepared in {_tfds_root(cfg.tfds_data_dir)}: none; a TFDS '
+                   f'download: not tried, offline ({offline})')
+    else:
+      try:
+        return ('tfds', load_tfds_split(name, 'train', cfg.tfds_data_dir, True),
+                load_tfds_split(name, 'test', cfg.tfds_data_dir, True))
+      except Exception as e:  # pylint: disable=broad-except
+        tried.append(f'a TFDS download: {type(e).__name__}: {str(e)[:300]}')
   if cfg.source == 'idx' and name not in SYSTEM_IDX_DIRS:
     tried.append('IDX files: no directory given')
   raise _no_data_error(name, cfg, tried)

@@ -36,6 +36,7 @@ from typing import Any
 
 from absl import flags
 
+from lenet_jax import console
 from lenet_jax import fields as fields_lib
 from lenet_jax import stats
 from lenet_jax import workdir as workdir_lib
@@ -770,4 +771,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  console.install()
   sys.exit(main())

@@ -263,3 +263,49 @@ def test_auto_group_size_resumes_as_recorded_and_shards_need_one_size(monkeypatc
   assert sweep_lib.resolve_max_models('auto', configs, None, stacked=True) == 100
   with pytest.raises(ValueError, match='Give every shard --max_models=N'):
     sweep_lib.resolve_max_models('auto', configs, None, stacked=True, num_shards=2)
+
+
+def test_dependency_warnings_show_once_on_one_line():
+  """A library's warning, however often it is raised, is one line naming the library."""
+  import io
+  import warnings
+  from lenet_jax import console
+  stream = io.StringIO()
+  with console.warnings_once(stream):
+    for _ in range(3):
+      warnings.warn_explicit('a deprecated\n  thing', UserWarning,
+                             '/venv/lib/python3.11/site-packages/optax/_src/alias.py', 12)
+    warnings.warn_explicit('another', RuntimeWarning,
+                           '/venv/lib/python3.11/site-packages/jax/_src/core.py', 3)
+  assert stream.getvalue().splitlines() == [
+      'warning (optax): a deprecated thing [UserWarning]',
+      'warning (jax): another [RuntimeWarning]']
+
+
+def test_run_py_shows_a_dependency_warning_once_on_one_line(tmp_path, idx_dir):
+  """A warning raised three times while run.py loads its data (as if by TFDS) is one
+  line naming the library, without Python's file-and-source-line display."""
+  script = tmp_path / 'warn_then_run.py'
+  script.write_text(
+      'import runpy, sys, warnings\n'
+      'from lenet_jax import data\n'
+      'load = data.load\n'
+      'def warning_load(cfg):\n'
+      '  for _ in range(3):\n'
+      "    warnings.warn_explicit('tfds says hello', UserWarning,\n"
+      "                           '/x/site-packages/tensorflow_datasets/core.py', 1)\n"
+      '  return load(cfg)\n'
+      'warning_load.cache_clear = load.cache_clear\n'
+      'data.load = warning_load\n'
+      f'sys.argv = [{os.path.join(ROOT, "run.py")!r}] + sys.argv[1:]\n'
+      f'runpy.run_path({os.path.join(ROOT, "run.py")!r}, run_name="__main__")\n')
+  proc = subprocess.run(
+      [sys.executable, str(script), '--dataset=mnist', f'--idx_dir={idx_dir}', '--epochs=1',
+       '--dense=16', '--channels=4,8', '--validation_size=200', '--batch_size=100',
+       '--cache_dir='],
+      capture_output=True, text=True, cwd=ROOT, timeout=300,
+      env={**os.environ, 'PYTHONPATH': ROOT})
+  assert proc.returncode == 0, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if 'tfds says hello' in l]
+  assert lines == ['warning (tensorflow_datasets): tfds says hello [UserWarning]']
+  assert 'warn_explicit' not in proc.stderr

@@ -1,6 +1,10 @@
 """Loading: IDX files (and corrupt ones), the validation split, the TFDS path under mock data."""
 import gzip
+import http.server
 import os
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -86,6 +90,49 @@ def test_no_data_anywhere_lists_the_ways_to_get_it(monkeypatch):
   assert 'tfds.load' in text
 
 
+def _refused_port() -> int:
+  """A local port nothing listens on: a connection there is refused at once."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('source', ['tfds', 'auto'])
+def test_offline_a_dataset_that_is_not_prepared_fails_fast_with_the_commands(
+    monkeypatch, tmp_path, source):
+  """No TFDS download is attempted offline (TFDS would retry for minutes)."""
+  data.load.cache_clear()
+  monkeypatch.delenv(data.IDX_DIR_ENV, raising=False)
+  monkeypatch.setattr(data, 'DOWNLOAD_PROBE', f'http://127.0.0.1:{_refused_port()}/')
+  start = time.monotonic()
+  with pytest.raises(ValueError) as e:
+    data.load(DataConfig(dataset='kmnist', source=source, tfds_data_dir=str(tmp_path)))
+  assert time.monotonic() - start < 10
+  text = str(e.value)
+  assert f'TFDS data prepared in {tmp_path}: none; a TFDS download: not tried, offline' in text
+  assert 'python -m lenet_jax.tfds_offline --dataset=kmnist --idx_dir=DIR' in text
+  assert "tfds.load('kmnist')" in text and '--tfds_data_dir' in text
+
+
+def test_the_network_probe_tells_an_answer_from_none():
+  class NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # pylint: disable=invalid-name
+      self.send_error(404)
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.HTTPServer(('127.0.0.1', 0), NotFound)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    assert data.offline_reason(f'http://127.0.0.1:{server.server_port}/', 5) is None
+  finally:
+    server.shutdown()
+  reason = data.offline_reason(f'http://127.0.0.1:{_refused_port()}/', 5)
+  assert reason.startswith('http://127.0.0.1:') and 'cannot be reached' in reason
+
+
 def _three_of_four(path):
   rng = np.random.default_rng(0)
   path.mkdir()
@@ -159,9 +206,11 @@ def test_unknown_dataset():
 
 
 @requires('tensorflow_datasets', 'tensorflow')
-def test_tfds_path_under_mock_data():
+def test_tfds_path_under_mock_data(monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   data.load.cache_clear()
+  # mock_data stands in for the download, so the network probe must say online.
+  monkeypatch.setattr(data, 'offline_reason', lambda *args: None)
   with tfds.testing.mock_data(num_examples=40):
     ds = data.load(DataConfig(dataset='mnist', source='tfds', validation_size=10))
   assert ds.source == 'tfds'
