@@ -13,7 +13,9 @@ import sys
 from absl import app
 from absl import flags
 
-from experiments import EXPERIMENTS, common
+from experiments import EXPERIMENTS
+from experiments import protocol
+from experiments import runner
 from lenet_jax import cli
 from lenet_jax import workdir as workdir_lib
 
@@ -24,9 +26,10 @@ flags.DEFINE_string('workdir', None, 'Where the runs and report.md go (default '
                     '--epochs, --dataset and --quick).')
 flags.DEFINE_integer('epochs', None, 'A headline check: train only the HEADLINE arms and '
                      f'their references for this many epochs (the study checks '
-                     f'{common.CHECK_EPOCHS}).')
+                     f'{protocol.CHECK_EPOCHS}).')
 flags.DEFINE_string('dataset', None, 'A headline check: train only the HEADLINE arms and '
-                    f'their references on this dataset (the study checks {common.CHECK_DATASET}).')
+                    'their references on this dataset (the study checks '
+                    f'{protocol.CHECK_DATASET}).')
 flags.DEFINE_string('idx_dir', None, 'A directory of IDX files for the dataset.')
 flags.DEFINE_float('max_minutes', None, 'Stop after the group in progress once this many '
                    'minutes have passed; the same command continues where it stopped.')
@@ -63,7 +66,7 @@ def main(argv):
   cli.quiet_logs()
   try:
     with cli.sigterm_as_ctrl_c():  # a scheduler's stop = Ctrl-C
-      status = common.run(module, workdir, FLAGS.quick, overrides, command, epochs=FLAGS.epochs,
+      status = runner.run(module, workdir, FLAGS.quick, overrides, command, epochs=FLAGS.epochs,
                           check=bool(FLAGS.epochs or FLAGS.dataset),
                           max_minutes=FLAGS.max_minutes)
   except (ValueError, workdir_lib.Locked) as e:

@@ -13,7 +13,9 @@ import os
 
 import numpy as np
 
-from experiments import common
+from experiments import protocol
+from experiments import verdicts
+from experiments import writeup
 from lenet_jax import arch
 from lenet_jax import stats
 
@@ -43,7 +45,7 @@ def label(channels) -> str:
 
 def arms(quick):
   order = [NOTE, SHRINKING, CONSTANT] + [c for c in GRID if c not in (NOTE, SHRINKING)]
-  return [common.Arm(label(c), {'model.channels': c}) for c in order]
+  return [protocol.Arm(label(c), {'model.channels': c}) for c in order]
 
 
 def _conv_facts(ctx, arm_label):
@@ -80,13 +82,13 @@ def analyse(ctx):
     rows.append([arm.label, kind, f'{conv1.params:,}', f'{conv2.params:,}',
                  f'{conv2.params / conv1.params:.1f}', f'{conv1.macs:,}', f'{conv2.macs:,}',
                  f'{conv2.macs / conv1.macs:.2f}'])
-  facts = common.markdown_table(
+  facts = writeup.markdown_table(
       ['arm', 'schedule', 'conv1 params', 'conv2 params', 'conv2/conv1 params',
        'conv1 MACs', 'conv2 MACs', 'conv2/conv1 MACs'], rows)
-  plots = [common.plot_accuracy(ctx, 'params', os.path.join(ctx.workdir, 'acc_vs_params.png'),
-                                'parameters'),
-           common.plot_accuracy(ctx, 'flops', os.path.join(ctx.workdir, 'acc_vs_flops.png'),
-                                'forward FLOPs per image')]
+  plots = [writeup.plot_accuracy(ctx, 'params', os.path.join(ctx.workdir, 'acc_vs_params.png'),
+                                 'parameters'),
+           writeup.plot_accuracy(ctx, 'flops', os.path.join(ctx.workdir, 'acc_vs_flops.png'),
+                                 'forward FLOPs per image')]
   means = {a.label: stats.summarise(val[a.label])['mean'] for a in ctx.arms if val[a.label]}
   ranked = sorted(means, key=means.get, reverse=True)
   note = label(NOTE)
@@ -112,7 +114,7 @@ def analyse(ctx):
   answer = f'''
 **Where 6 -> 16 sits.** By mean validation accuracy at the selected rates it ranks
 {rank}; the best arm by validation is {ranked[0] if ranked else '-'}. Against 6 -> 16
-(test accuracy, Holm over all {len(others)} comparisons): {common.tally(ctx, others)}.
+(test accuracy, Holm over all {len(others)} comparisons): {verdicts.tally(ctx, others)}.
 
 **Growing, constant and shrinking at a matched conv budget.** 16 -> 6 against
 6 -> 16: {ctx.words(label(SHRINKING))}; 10 -> 10 against 6 -> 16: {ctx.words(label(CONSTANT))}.

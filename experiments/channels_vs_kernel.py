@@ -11,7 +11,9 @@ Full mode: 14 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 """
 import os
 
-from experiments import common
+from experiments import protocol
+from experiments import verdicts
+from experiments import writeup
 from lenet_jax import arch
 from lenet_jax.config import ModelConfig
 
@@ -64,27 +66,27 @@ def gap_channels(kernel: int, key: str) -> tuple[int, int]:
 
 def arms(quick):
   del quick
-  fixed = [common.Arm(f'k{k} 6->16', {'model.kernel_size': (k,), 'model.padding': ('same',)})
+  fixed = [protocol.Arm(f'k{k} 6->16', {'model.kernel_size': (k,), 'model.padding': ('same',)})
            for k in (5, 3, 7, 1, 9)]
   budget = []
   for k in (3, 7, 9, 1):
     c = budget_channels(k)
-    budget.append(common.Arm(f'k{k} {c[0]}->{c[1]} (budget)',
-                             {'model.kernel_size': (k,), 'model.padding': ('same',),
-                              'model.channels': c}))
-  gap = [common.Arm(GAP_REFERENCE, GAP)]
+    budget.append(protocol.Arm(f'k{k} {c[0]}->{c[1]} (budget)',
+                               {'model.kernel_size': (k,), 'model.padding': ('same',),
+                                'model.channels': c}))
+  gap = [protocol.Arm(GAP_REFERENCE, GAP)]
   for k in (3, 7):
     for key in ('params', 'flops'):
       c = gap_channels(k, key)
-      gap.append(common.Arm(f'gap k{k} {c[0]}->{c[1]} ({key}-matched)',
-                            {**GAP, 'model.kernel_size': (k,), 'model.channels': c}))
+      gap.append(protocol.Arm(f'gap k{k} {c[0]}->{c[1]} ({key}-matched)',
+                              {**GAP, 'model.kernel_size': (k,), 'model.channels': c}))
   return fixed + budget + gap
 
 
 def contrasts(labels):
-  flatten = [common.Contrast(l, REFERENCE) for l in labels
+  flatten = [protocol.Contrast(l, REFERENCE) for l in labels
              if l != REFERENCE and not l.startswith('gap')]
-  gap = [common.Contrast(l, GAP_REFERENCE) for l in labels
+  gap = [protocol.Contrast(l, GAP_REFERENCE) for l in labels
          if l.startswith('gap') and l != GAP_REFERENCE]
   return flatten + gap
 
@@ -96,10 +98,10 @@ def analyse(ctx):
     rows.append([arm.label, cfg.kernel_size[0], f'{cfg.channels[0]}->{cfg.channels[1]}',
                  f'{conv_params(cfg.channels, cfg.kernel_size[0]):,}',
                  f"{arch.totals(cfg)['params']:,}", arch.totals(cfg)['receptive_field']])
-  facts = common.markdown_table(['arm', 'kernel', 'channels', 'conv params', 'all params',
-                                 'receptive field'], rows)
-  plot = common.plot_accuracy(ctx, 'flops', os.path.join(ctx.workdir, 'acc_vs_flops.png'),
-                              'forward FLOPs per image')
+  facts = writeup.markdown_table(['arm', 'kernel', 'channels', 'conv params', 'all params',
+                                  'receptive field'], rows)
+  plot = writeup.plot_accuracy(ctx, 'flops', os.path.join(ctx.workdir, 'acc_vs_flops.png'),
+                               'forward FLOPs per image')
   fixed = [o for o in ctx.outcomes if o.contrast.reference == REFERENCE
            and 'budget' not in o.contrast.arm]
   budget = [o for o in ctx.outcomes if 'budget' in o.contrast.arm]
@@ -125,7 +127,7 @@ conv budget does not match the dense layer: more second-layer channels widen
 the flatten (the "all params" column).
 
 **Answer.** No rule ties the channel count to the kernel size; they trade
-against each other through cost. Measured at fixed width: {common.tally(ctx, fixed)}.
-At the fixed conv budget: {common.tally(ctx, budget)}. With the gap head, matched
-on total parameters or FLOPs: {common.tally(ctx, gap)}.'''
+against each other through cost. Measured at fixed width: {verdicts.tally(ctx, fixed)}.
+At the fixed conv budget: {verdicts.tally(ctx, budget)}. With the gap head, matched
+on total parameters or FLOPs: {verdicts.tally(ctx, gap)}.'''
   return [('Architecture facts', facts + f'\n\n![{plot}]({plot})'), ('Answer', answer)]

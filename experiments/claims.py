@@ -12,7 +12,10 @@ import functools
 import jax
 import numpy as np
 
-from experiments import common
+from experiments import evaluation
+from experiments import protocol
+from experiments import verdicts
+from experiments import writeup
 from lenet_jax.model import LeNet5
 
 NAME = 'claims'
@@ -71,8 +74,8 @@ SHIFTS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
 
 def arms(quick):
   order = [DEFAULT, 'avg pool', 'relu + batch norm'] if quick else list(ARMS)
-  return [common.Arm(label, ARMS[label],
-                     D2L_RATES if ARMS[label].get('optim.optimizer') == 'sgd' else None)
+  return [protocol.Arm(label, ARMS[label],
+                       D2L_RATES if ARMS[label].get('optim.optimizer') == 'sgd' else None)
           for label in order]
 
 
@@ -90,8 +93,8 @@ SIMILARITY = ('feature_cos_shift1', 'feature_cos_shift2')
 def contrasts(labels):
   del labels
   pairs = MEAN_SUM + ACTIVATIONS + POOLING
-  return ([common.Contrast(a, b) for a, b in pairs] +
-          [common.Contrast(a, b, metric) for metric in DROPS + SIMILARITY
+  return ([protocol.Contrast(a, b) for a, b in pairs] +
+          [protocol.Contrast(a, b, metric) for metric in DROPS + SIMILARITY
            for a, b in POOLING])
 
 
@@ -108,7 +111,7 @@ def feature_similarity(cfg, params, images, dy, dx, batch=1000) -> float:
   for i in range(0, len(images), batch):
     x = images[i:i + batch].astype(np.float32) / 255
     a = np.asarray(fn(params, x))
-    b = np.asarray(fn(params, common.shift_images(x, dy, dx)))
+    b = np.asarray(fn(params, evaluation.shift_images(x, dy, dx)))
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     total += float(np.sum(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
   return total / len(images)
@@ -124,9 +127,10 @@ def extra(dataset):
                                  dy * pixels, dx * pixels) for dy, dx in SHIFTS]
       out[f'feature_cos_shift{pixels}'] = sum(sims) / len(sims)
     for pixels in (1, 2):
-      accs = [common.accuracy(res.config, res.params,
-                              common.shift_images(dataset.test_images, dy * pixels, dx * pixels),
-                              dataset.test_labels) for dy, dx in SHIFTS]
+      accs = [evaluation.accuracy(res.config, res.params,
+                                  evaluation.shift_images(dataset.test_images, dy * pixels,
+                                                          dx * pixels),
+                                  dataset.test_labels) for dy, dx in SHIFTS]
       out[f'acc_shift{pixels}'] = sum(accs) / len(accs)
       out[f'drop_shift{pixels}'] = res.final['test_acc'] - out[f'acc_shift{pixels}']
     return out
@@ -139,7 +143,7 @@ def _pick(ctx, pairs, metric='test_acc'):
 
 
 def analyse(ctx):
-  table = common.arm_table(ctx, ['acc_shift1', 'acc_shift2', *DROPS, *SIMILARITY])
+  table = writeup.arm_table(ctx, ['acc_shift1', 'acc_shift2', *DROPS, *SIMILARITY])
   mean_sum, activations = _pick(ctx, MEAN_SUM), _pick(ctx, ACTIVATIONS)
   pooling = _pick(ctx, POOLING)
   drops = [o for metric in DROPS for o in _pick(ctx, POOLING, metric)]
@@ -172,10 +176,10 @@ positive difference means the arm's features move less than max pooling's):
 
 {ctx.lines(similarity) or none}
 
-**Answer.** (a) Mean against sum: {common.tally(ctx, mean_sum)}. (b) Activations
-and batch norm: {common.tally(ctx, activations)}. (c) Pooling, unshifted:
-{common.tally(ctx, pooling)}; accuracy lost to shifts against max pooling:
-{common.tally(ctx, drops)}; feature similarity under shifts against max pooling:
-{common.tally(ctx, similarity)}. Each verdict is Holm-corrected over all
+**Answer.** (a) Mean against sum: {verdicts.tally(ctx, mean_sum)}. (b) Activations
+and batch norm: {verdicts.tally(ctx, activations)}. (c) Pooling, unshifted:
+{verdicts.tally(ctx, pooling)}; accuracy lost to shifts against max pooling:
+{verdicts.tally(ctx, drops)}; feature similarity under shifts against max pooling:
+{verdicts.tally(ctx, similarity)}. Each verdict is Holm-corrected over all
 {len(ctx.outcomes)} comparisons of this experiment with a +-{100 * ctx.margin:g}-point margin.'''
   return [('Arms with shifted test accuracy', table), ('Answer', answer)]

@@ -10,7 +10,10 @@ Full mode: 4 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 (docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments even_kernels --max_minutes=50
 """
-from experiments import common
+from experiments import evaluation
+from experiments import protocol
+from experiments import verdicts
+from experiments import writeup
 from lenet_jax import arch
 
 NAME = 'even_kernels'
@@ -36,7 +39,7 @@ SHIFTS = {'up': (-1, 0), 'down': (1, 0), 'left': (0, -1), 'right': (0, 1)}
 
 def arms(quick):
   del quick
-  return [common.Arm(f'{k}x{k} same', {'model.kernel_size': (k,), 'model.padding': ('same',)})
+  return [protocol.Arm(f'{k}x{k} same', {'model.kernel_size': (k,), 'model.padding': ('same',)})
           for k in KERNELS]
 
 
@@ -44,17 +47,17 @@ def extra(dataset):
   def shifted_accuracies(res):
     out = {}
     for name, (dy, dx) in SHIFTS.items():
-      images = common.shift_images(dataset.test_images, dy, dx)
-      out[f'acc_{name}'] = common.accuracy(res.config, res.params, images, dataset.test_labels)
+      images = evaluation.shift_images(dataset.test_images, dy, dx)
+      out[f'acc_{name}'] = evaluation.accuracy(res.config, res.params, images, dataset.test_labels)
     return out
   return shifted_accuracies
 
 
 def contrasts(labels):
-  out = [common.Contrast(l, REFERENCE) for l in labels if l != REFERENCE]
+  out = [protocol.Contrast(l, REFERENCE) for l in labels if l != REFERENCE]
   for l in labels:
-    out += [common.Contrast(l, l, 'acc_down', 'acc_up'),
-            common.Contrast(l, l, 'acc_right', 'acc_left')]
+    out += [protocol.Contrast(l, l, 'acc_down', 'acc_up'),
+            protocol.Contrast(l, l, 'acc_right', 'acc_left')]
   return out
 
 
@@ -83,7 +86,7 @@ def analyse(ctx):
       out = n + 2 * d - m + 1
       cells.append(f'**{out}**' if out == n else str(out))
     rows.append([m] + cells)
-  arithmetic = common.markdown_table(['kernel m', 'd=0', 'd=1', 'd=2', 'd=3'], rows) + '''
+  arithmetic = writeup.markdown_table(['kernel m', 'd=0', 'd=1', 'd=2', 'd=3'], rows) + '''
 
 Bold: output width equal to the input width 28. Each row moves by 2 per unit of
 d and each column by 1 per unit of m, so n + 2d - m + 1 = n needs m = 2d + 1:
@@ -98,10 +101,10 @@ evenly: 'same' padding puts one pixel more after than before.'''
     lo, hi = arch.conv_pads(cfg.kernel_size[0], 'same')
     offsets.append([arm.label, f'({lo}, {hi})', f'{(hi - lo) / 2:+.1f}',
                     f'{window_offset(cfg):+.1f}'])
-  offset_table = common.markdown_table(
+  offset_table = writeup.markdown_table(
       ['arm', "pads (before, after)", 'offset per conv (px)',
        'offset of block-2 windows (input px)'], offsets)
-  table = common.arm_table(ctx, [f'acc_{name}' for name in SHIFTS])
+  table = writeup.arm_table(ctx, [f'acc_{name}' for name in SHIFTS])
   accuracy = [o for o in ctx.outcomes if o.contrast.metric == 'test_acc']
   symmetry = [o for o in ctx.outcomes if o.contrast.metric != 'test_acc']
   even = [a.label for a in ctx.arms if ctx.config_of(a.label).model.kernel_size[0] % 2 == 0]
@@ -124,9 +127,9 @@ one way cost less than the other):
 **Answer.** Even kernels change the size because the padding a size-preserving
 convolution needs, m - 1, is odd and cannot be split between the two sides.
 Padding asymmetrically keeps the size but shifts the maps by half a pixel per
-layer. Measured against 3x3: {common.tally(ctx, [o for o in accuracy if o.contrast.arm in even])}.
-Direction asymmetry of the even kernels: {common.tally(ctx, [o for o in symmetry if o.contrast.arm in even])};
-of the odd kernels (the control): {common.tally(ctx, [o for o in symmetry if o.contrast.arm not in even])}.'''
+layer. Measured against 3x3: {verdicts.tally(ctx, [o for o in accuracy if o.contrast.arm in even])}.
+Direction asymmetry of the even kernels: {verdicts.tally(ctx, [o for o in symmetry if o.contrast.arm in even])};
+of the odd kernels (the control): {verdicts.tally(ctx, [o for o in symmetry if o.contrast.arm not in even])}.'''
   return [('Output sizes under symmetric padding', arithmetic),
           ('Training with even kernels', table + '\n\n' + offset_table),
           ('Answer', answer)]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
+from experiments import protocol
 from lenet_jax import arch
 from lenet_jax import stats
 from lenet_jax.model import LeNet5
@@ -26,7 +26,7 @@ QUESTION = ('The note says the kernels need not be chosen in advance: start from
             'ones and training learns suitable kernels (question 7). What do the learned '
             'first-layer kernels look like, how far do they move from their random '
             'start, and how much accuracy does learning them buy?')
-MARGIN = common.MARGIN
+MARGIN = protocol.MARGIN
 METHOD = ('The note\'s network with the default recipe, trained normally (the reference); '
           'the same with block1_conv1 frozen at its random (LeCun-normal) initialisation; '
           'and with both conv layers frozen (random convolutional features, trained dense '
@@ -45,7 +45,7 @@ ARMS = {'all layers learned': {},
 
 def arms(quick):
   del quick
-  return [common.Arm(label, overrides) for label, overrides in ARMS.items()]
+  return [protocol.Arm(label, overrides) for label, overrides in ARMS.items()]
 
 
 def initial_params(cfg):

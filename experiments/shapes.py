@@ -10,7 +10,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from experiments import common
+from experiments import writeup
 from lenet_jax import arch
 from lenet_jax.config import ModelConfig
 from lenet_jax.model import LeNet5, pool
@@ -146,7 +146,7 @@ larger patch.'''))
     d1 = next(l for l in t if l.name == 'dense1')
     rows.append([label, 'x'.join(map(str, final)), f'{flat:,}', f'{d1.params:,}',
                  f"{arch.totals(cfg)['params']:,}", f"{arch.totals(cfg)['flops'] / 1e6:.2f}"])
-  sections.append(('Which step shrinks what', common.markdown_table(
+  sections.append(('Which step shrinks what', writeup.markdown_table(
       ['variant', 'last conv-block output HxWxC', 'flatten size', 'dense1 params',
        'total params', 'MFLOPs/img'], rows) + '''
 

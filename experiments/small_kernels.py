@@ -11,7 +11,8 @@ Full mode: 9 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 """
 import os
 
-from experiments import common
+from experiments import protocol
+from experiments import writeup
 from lenet_jax import arch
 
 NAME = 'small_kernels'
@@ -61,16 +62,16 @@ GAP_PAIR = ('gap head, one 3x3 per block', 'gap head, one 5x5 per block')
 
 def arms(quick):
   del quick
-  return [common.Arm(label, overrides) for label, overrides in ARMS.items()]
+  return [protocol.Arm(label, overrides) for label, overrides in ARMS.items()]
 
 
 def contrasts(labels):
-  out = [common.Contrast(l, REFERENCE) for l in labels
+  out = [protocol.Contrast(l, REFERENCE) for l in labels
          if l != REFERENCE and l not in GAP_PAIR]
   if set(GAP_PAIR) <= set(labels):
-    out.append(common.Contrast(*GAP_PAIR))
+    out.append(protocol.Contrast(*GAP_PAIR))
   # what the extra non-linearity is worth at the same weights and receptive field
-  return out + [common.Contrast('two 3x3 per block', 'two 3x3 per block, no activation between')]
+  return out + [protocol.Contrast('two 3x3 per block', 'two 3x3 per block, no activation between')]
 
 
 def _dense_params(ctx, label) -> str:
@@ -96,10 +97,10 @@ def analyse(ctx):
                  f'{sum(l.macs for l in convs):,}',
                  'x'.join(map(str, [l for l in layers if l.kind == 'pool'][-1].out_shape)),
                  arch.totals(cfg)['receptive_field']])
-  facts = common.markdown_table(['arm', 'conv params', 'conv MACs/img', 'final maps',
-                                 'receptive field'], rows)
-  plot = common.plot_accuracy(ctx, 'flops', os.path.join(ctx.workdir, 'acc_vs_flops.png'),
-                              'forward FLOPs per image')
+  facts = writeup.markdown_table(['arm', 'conv params', 'conv MACs/img', 'final maps',
+                                  'receptive field'], rows)
+  plot = writeup.plot_accuracy(ctx, 'flops', os.path.join(ctx.workdir, 'acc_vs_flops.png'),
+                               'forward FLOPs per image')
   five = arch.trace(ctx.config_of(REFERENCE).model)[0]
   answer = f'''
 **Parameters and compute (analytic).** A 5x5 conv from c to c channels has 25c^2

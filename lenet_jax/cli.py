@@ -204,7 +204,7 @@ def stopped(error: BaseException, workdir: str | None) -> int:
 def main(argv) -> int:
   """Runs what the flags ask for; returns the exit status."""
   # pylint: disable=import-outside-toplevel
-  from lenet_jax import arch, sweep as sweep_lib, validation, workdir as workdir_lib
+  from lenet_jax import arch, runs, sweep as sweep_lib, validation, workdir as workdir_lib
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.',
           file=sys.stderr)
@@ -274,7 +274,7 @@ def main(argv) -> int:
     print(f"\nstatus {r['status']}; validation accuracy {r['val_acc']}; "
           f"test accuracy {r['test_acc']}")
   if FLAGS.workdir:
-    name = sweep_lib.results_name(FLAGS.num_shards, FLAGS.shard_index)
+    name = runs.results_name(FLAGS.num_shards, FLAGS.shard_index)
     print(f'\nresults: {os.path.join(FLAGS.workdir, name + ".csv")}')
   return 0
 

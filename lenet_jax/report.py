@@ -24,7 +24,6 @@ tables out) except `load_rows`, `load_sweeps`, `load_curves`, `write` and `main`
 """
 import collections
 import dataclasses
-import glob
 import itertools
 import json
 import math
@@ -38,6 +37,7 @@ from absl import flags
 
 from lenet_jax import console
 from lenet_jax import fields as fields_lib
+from lenet_jax import runs
 from lenet_jax import stats
 from lenet_jax import workdir as workdir_lib
 
@@ -53,47 +53,21 @@ RUN_FACTS = ('run_id', 'status', 'diverged_epoch', 'params', 'flops', 'epochs_ru
 
 def load_rows(workdir: str) -> list[dict[str, Any]]:
   """The rows of WORKDIR/results.jsonl, one per finished run, each with its 'workdir'."""
-  if not os.path.isdir(workdir):
-    raise ValueError(f'workdir {workdir!r} does not exist; give the --workdir a sweep wrote '
-                     '(python run.py ... --workdir=DIR).')
-  path = os.path.join(workdir, 'results.jsonl')
-  if not os.path.isfile(path):
-    shards = sorted(glob.glob(os.path.join(workdir, 'results.shard-*.jsonl')))
-    if shards:
-      raise ValueError(f'{workdir} holds shard results ({", ".join(map(os.path.basename, shards))}) '
-                       'but no results.jsonl; gather them first: python run.py <the sweep\'s '
-                       'flags> --merge.')
-    raise ValueError(f'{workdir} has no results.jsonl, so no run has finished there; run '
-                     f'python run.py ... --workdir={workdir} first.')
-  rows = []
-  with open(path) as f:
-    for number, line in enumerate(f, start=1):
-      if line.strip():
-        try:
-          rows.append({**json.loads(line), 'workdir': workdir})
-        except ValueError as e:
-          raise ValueError(f'{path} line {number} is not JSON ({e}); rewrite the file with '
-                           'python run.py <the sweep\'s flags> --merge.') from e
-  if not rows:
-    raise ValueError(f'{path} is empty; no run has finished in {workdir} yet.')
-  return rows
+  return runs.read_results(workdir)
 
 
 def _recorded_sweep(workdir: str) -> dict[str, Any] | None:
   """WORKDIR/sweep.json (its axes and seeds), or None for a workdir without one."""
-  path = os.path.join(workdir, 'sweep.json')
-  if not os.path.isfile(path):
-    return None
   try:
-    with open(path) as f:
-      recorded = json.load(f)
-    axes, seeds = recorded['axes'], recorded.get('seeds', [])
-    if not isinstance(axes, dict) or not isinstance(seeds, list):
-      raise TypeError('axes must be an object and seeds a list')
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'{path} cannot be read as a sweep ({type(e).__name__}: {e}); it says '
-                     'which fields were swept. Restore it, or move it away to treat every '
-                     'config field that varies between runs as swept.') from None
+    recorded = runs.read_sweep_json(workdir)
+  except runs.UnreadableSweep as e:
+    raise ValueError(f'{e.path} cannot be read as a sweep ({e.reason}); it says which '
+                     'fields were swept. Restore it, or move it away to treat every config '
+                     'field that varies between runs as swept.') from None
+  if recorded is not None and 'axes' not in recorded:
+    raise ValueError(f'{runs.sweep_path(workdir)} cannot be read as a sweep (it has no axes); '
+                     'it says which fields were swept. Restore it, or move it away to treat '
+                     'every config field that varies between runs as swept.')
   return recorded
 
 
@@ -160,19 +134,16 @@ def load_sweeps(workdirs: Sequence[str]) -> tuple[list[dict[str, Any]], list[str
   return rows, list(fields)
 
 
-def load_curves(workdir: str, runs: Sequence[dict[str, Any]], key: str
+def load_curves(workdir: str, rows: Sequence[dict[str, Any]], key: str
                 ) -> tuple[list[list[float]], list[str]]:
-  """Per run, `key` per epoch from runs/<id>/metrics.jsonl; and the ids that have none."""
+  """Per run, `key` per epoch from its metrics (runs.read_history); and the ids that have none."""
   curves, missing = [], []
-  for row in runs:
-    path = os.path.join(workdir, 'runs', row['run_id'], 'metrics.jsonl')
-    try:
-      with open(path) as f:
-        epochs = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError):
+  for row in rows:
+    epochs = runs.read_history(workdir, row['run_id'])
+    if epochs is None:
       missing.append(row['run_id'])
-      continue
-    curves.append([float(e.get(key, math.nan)) for e in epochs])
+    else:
+      curves.append([float(e.get(key, math.nan)) for e in epochs])
   return curves, missing
 
 
@@ -738,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if fv.out is None and len(workdirs) > 1:
     return _fail(f'{len(workdirs)} workdirs and no --out: say where the report goes '
                  '(--out=DIR), since it belongs to none of them alone.')
-  out = fv.out or os.path.join(workdirs[0], 'report')
+  out = fv.out or os.path.join(workdirs[0], runs.REPORT_DIR)
   try:
     rows, fields = load_sweeps(workdirs)
     planned, unfinished = 0, []

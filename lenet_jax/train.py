@@ -105,7 +105,7 @@ def shift_batch(images, key, max_shift: int):
   """Each image translated by its own random (dy, dx) in [-max_shift, max_shift]^2.
 
   Image i moves to out[y, x] = images[i, y - dy, x - dx], the uncovered border
-  filled with 0, as experiments/common.py's shift_images. Any dtype; on the
+  filled with 0, as experiments/evaluation.py's shift_images. Any dtype; on the
   device.
   """
   s = max_shift

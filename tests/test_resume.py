@@ -2,6 +2,7 @@
 TensorBoard files, and the catalogue of bad inputs."""
 import csv
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import on_cpu, requires
-from lenet_jax import sweep as sweep_lib
+from lenet_jax import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +57,7 @@ def _kill_when(cmd, ready, timeout=300):
 
 def _final_params(workdir):
   """run id -> that run's final parameters, for every run in `workdir`."""
-  return {os.path.basename(run): sweep_lib.read_variables(run)['params']
+  return {os.path.basename(run): runs.read_variables(run)['params']
           for run in glob.glob(os.path.join(workdir, 'runs', '*'))}
 
 
@@ -394,8 +395,8 @@ def test_damaged_result_files_are_rebuilt_or_retrained(idx_dir, tmp_path):
   for path in stale:
     with open(path, 'w') as f:
       f.write('partial')
-  group = os.path.join(workdir, 'groups', sweep_lib.hashlib.sha256(
-      ','.join(ids).encode()).hexdigest()[:12])  # the sweep's one group (sweep.group_dir)
+  group = os.path.join(workdir, 'groups', hashlib.sha256(
+      ','.join(ids).encode()).hexdigest()[:12])  # the sweep's one group (runs.group_dir)
   orbax_tmp = os.path.join(group, '2.orbax-checkpoint-tmp-1234')
   os.makedirs(orbax_tmp)
   proc = _run(cmd)
@@ -443,7 +444,7 @@ def test_a_full_disk_is_named_and_what_finished_is_kept(idx_dir, tmp_path):
   mount = tmp_path / 'small'
   mount.mkdir()
   # A finished run keeps about 56 kB (no TensorBoard files) and asks for 256 kB
-  # free before its files are written (sweep.RUN_FILES_BYTES), its group
+  # free before its files are written (runs.RUN_FILES_BYTES), its group
   # checkpoint about 200 kB while saved: 500 kB holds the first runs, 8 never.
   done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=500k', 'tmpfs', str(mount)],
                         capture_output=True, text=True)

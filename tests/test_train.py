@@ -162,7 +162,7 @@ def test_frozen_layers_keep_their_initial_values():
 
 
 def test_shift_batch_moves_each_image_by_its_own_draw():
-  from experiments.common import shift_images  # the evaluation's convention
+  from experiments.evaluation import shift_images  # the evaluation's convention
   images = jnp.asarray(np.random.default_rng(0).integers(1, 256, (64, 7, 9, 2), np.uint8))
   key = jax.random.key(3)
   shifted = np.asarray(train.shift_batch(images, key, 3))

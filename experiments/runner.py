@@ -1,0 +1,127 @@
+"""Runs (or resumes) one experiment module: `run` plans, trains, selects, compares and
+writes the report.
+
+An experiment module declares `NAME`, `TITLE`, `QUESTION`, `METHOD`, `TRAINS`,
+`arms(quick)` (the configurations it compares, as overrides of `base(quick)`)
+and `analyse(ctx)` (the report's own sections, written from `ctx`'s verdicts).
+`METHOD` says what is particular to the experiment; a training experiment's
+report appends `protocol`, the shared budget, tuning and statistics.
+Optional: `REFERENCE` (the arm the others are compared with; default the
+first), `contrasts(labels)` (the comparisons, default every arm against the
+reference on test accuracy), `MARGIN` (the equivalence margin, declared before
+running), `HEADLINE` (arm labels whose comparison is also checked at 30 epochs
+and on mnist_5k), `extra(dataset)` (more metrics per run, from its final
+parameters, computed when the run finishes), `KEEP_PARAMS` (the seeds whose
+final parameters are kept on disk, for analyses that plot them) and `base(quick)`
+(its own recipe in place of `protocol.base`).
+
+`run` trains only the runs that have not finished (`training`), stops after
+the group in progress once `max_minutes` have passed, and writes report.md only
+when every run exists (progress.md until then).
+
+The pieces, in import order (each imports only those before it): `protocol`
+(budget, arms, plan), `training` (training a plan and its files), `verdicts`
+(selection, comparisons, `Context`), `writeup` (report text, tables, plots),
+and this module; `evaluation` (accuracy on moved images) stands alone.
+"""
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from experiments import protocol
+from experiments import training
+from experiments import verdicts
+from experiments import writeup
+from lenet_jax import config as config_lib
+from lenet_jax import data as data_lib
+from lenet_jax import workdir as workdir_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+  """What `run` did: the report's text, or the progress text of a partial run."""
+  text: str
+  complete: bool
+  finished: int
+  total: int
+
+
+def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None = None,
+        command: str = '', epochs: int | None = None, check: bool = False,
+        max_minutes: float | None = None, say: Callable[[str], None] = print) -> RunStatus:
+  """Runs (or resumes) one experiment; writes report.md when every run has finished.
+
+  `check`: only the HEADLINE arms and their references (the headline checks
+  at `epochs` or on other data). `max_minutes`: stop after the group in
+  progress once that long has passed (progress.md instead of the report).
+  """
+  start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  base_cfg = module.base(quick) if hasattr(module, 'base') else protocol.base(quick)
+  if data_overrides:
+    base_cfg = config_lib.override(base_cfg, data_overrides)
+  if epochs is not None:
+    base_cfg = config_lib.override(base_cfg, {'epochs': epochs})
+  arms = list(module.arms(quick))
+  labels = [a.label for a in arms]
+  if check:
+    headline = getattr(module, 'HEADLINE', ())
+    if not headline:
+      raise ValueError(f'{module.NAME} declares no HEADLINE comparisons to check; run it '
+                       'without --epochs and --dataset.')
+    wanted = {c.arm for c in protocol.contrasts_of(module, labels) if c.arm in headline}
+    wanted |= {c.reference for c in protocol.contrasts_of(module, labels) if c.arm in headline}
+    arms = [a for a in arms if a.label in wanted]
+  if quick:
+    arms = arms[:protocol.QUICK_ARMS]
+  labels = [a.label for a in arms]
+  command = command or (f'python -m experiments {module.NAME}' + (' --quick' if quick else ''))
+  margin = getattr(module, 'MARGIN', protocol.MARGIN)
+  dataset, rows, plan, tuning, trained = None, [], [], None, 0
+  if module.TRAINS:
+    dataset = data_lib.load(base_cfg.data)
+    if quick:
+      dataset = protocol.quick_subset(dataset)
+    seeds = protocol.QUICK_SEEDS if quick else protocol.FULL_SEEDS
+    tune_seeds = protocol.QUICK_TUNE_SEEDS if quick else protocol.TUNE_SEEDS
+    tuning = seeds[:tune_seeds]
+    extra = module.extra(dataset) if hasattr(module, 'extra') else None
+    grids = {a.label: a.grid(base_cfg, quick) for a in arms}
+    group_size = len(seeds) * max(len(g) for g in grids.values())
+    chosen: dict[str, float] = {}
+    with workdir_lib.sweep_lock(workdir):
+      while True:  # tune (extending grids past winning edges), then the other seeds
+        plan = protocol.make_plan(arms, base_cfg, seeds, tune_seeds, dataset, quick, grids,
+                                  chosen)
+        total = sum(protocol.planned_total(arms, base_cfg, seeds, tune_seeds, quick,
+                                           grids).values())
+        left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
+        rows, just_trained = training.train_plan(plan, dataset, workdir,
+                                                 getattr(module, 'KEEP_PARAMS', ()), extra,
+                                                 left, group_size, say, total)
+        trained += just_trained
+        state = verdicts.tuning_grids(arms, base_cfg, quick, rows, tuning)
+        if state == (grids, chosen) or (max_minutes is not None and
+                                        time.perf_counter() - start >= 60 * max_minutes):
+          break
+        grids, chosen = state
+    if len(rows) < len(plan) or state != (grids, chosen):  # runs left, or tuning not done
+      totals = protocol.planned_total(arms, base_cfg, seeds, tune_seeds, quick, state[0])
+      text = writeup.write_progress(module, workdir, totals, rows, command)
+      say(f'partial: {len(rows)} of {sum(totals.values())} runs; run the same command again '
+          f'to continue (progress in {os.path.join(workdir, "progress.md")})')
+      return RunStatus(text, False, len(rows), sum(totals.values()))
+  selected = verdicts.select_rates(arms, rows, tuning) if rows else {}
+  outcomes = (verdicts.compare_contrasts(protocol.contrasts_of(module, labels), selected,
+                                         margin) if rows else [])
+  ctx = verdicts.Context(quick, workdir, dataset, arms, base_cfg, rows, selected, outcomes,
+                         margin)
+  sections = module.analyse(ctx)
+  text = writeup.write_report(ctx, module, sections, command, time.perf_counter() - start,
+                              check, training.stray_runs(workdir, plan), trained)
+  progress = os.path.join(workdir, 'progress.md')
+  if os.path.exists(progress):
+    os.remove(progress)
+  return RunStatus(text, True, len(rows), len(plan))

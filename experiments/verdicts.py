@@ -1,0 +1,273 @@
+"""What the runs say: each arm's learning rate chosen on validation (its grid
+extended past a winning edge), the paired comparisons and their verdicts, their
+wording, the `Context` an experiment's `analyse` reads, and the verdicts file
+the headline checks compare.
+
+Each comparison pairs runs of the same seed (same data order and, where
+shapes match, the same initialisation): a paired t test on
+the per-seed differences, Holm across the experiment's comparisons, and TOST
+against the margin; `lenet_jax.stats.compare` has the rules.
+"""
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from experiments import protocol
+from experiments import training
+from lenet_jax import config as config_lib
+from lenet_jax import data as data_lib
+from lenet_jax import loop
+from lenet_jax import report as report_lib
+from lenet_jax import stats
+from lenet_jax.workdir import atomic_write
+from lenet_jax.config import Config
+
+
+@dataclasses.dataclass
+class Named(report_lib.Group):
+  """A report group labelled by name (an arm, or a comparison) instead of by fields."""
+  name: str = ''
+
+  @property
+  def label(self) -> str:
+    return self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  contrast: protocol.Contrast
+  result: report_lib.Result | None  # None: an arm without a selected rate
+
+  @property
+  def comparison(self) -> stats.Comparison | None:
+    return self.result.comparison if self.result else None
+
+
+def _rate(x: float) -> float:
+  return float(f'{x:.6g}')
+
+
+def tuning_grids(arms: Sequence[protocol.Arm], base_cfg: Config, quick: bool,
+                 rows: Sequence[dict[str, Any]], tune_seeds: Sequence[int]
+                 ) -> tuple[dict[str, tuple[float, ...]], dict[str, float]]:
+  """Per arm, the rates its tuning seeds train (its grid, extended past an edge
+  that won) and, once every one of those runs has finished, the chosen rate.
+
+  The choice is `select_rates`' (best mean validation accuracy over the tuning
+  seeds, among rates that finished on all of them). A choice at the highest
+  rate adds highest * (highest / second highest); at the lowest, lowest *
+  (lowest / second lowest); at most `protocol.MAX_EXTENSIONS` times per side
+  (none in quick mode). An arm whose rates diverged on every seed has no chosen rate.
+  """
+  done = {(r['arm'], r[protocol.LR], r['seed']): r for r in rows if r['seed'] in tune_seeds}
+  grids, chosen = {}, {}
+  limit = 0 if quick else protocol.MAX_EXTENSIONS
+  for arm in arms:
+    grid, up, down = arm.grid(base_cfg, quick), 0, 0
+    while True:
+      runs = [done.get((arm.label, rate, seed)) for rate in grid for seed in tune_seeds]
+      if any(r is None for r in runs):
+        break  # tuning runs left to train
+      pick = select_rates([arm], runs, tune_seeds)[arm.label].chosen
+      if pick is None:
+        break
+      rate = pick[protocol.LR]
+      if rate == grid[-1] and up < limit:
+        grid, up = grid + (_rate(grid[-1] * grid[-1] / grid[-2]),), up + 1
+      elif rate == grid[0] and down < limit:
+        grid, down = (_rate(grid[0] * grid[0] / grid[1]),) + grid, down + 1
+      else:
+        chosen[arm.label] = rate
+        break
+    grids[arm.label] = grid
+  return grids, chosen
+
+
+def select_rates(arms: Sequence[protocol.Arm], rows: Sequence[dict[str, Any]],
+                 tune_seeds: Sequence[int] | None = None) -> dict[str, Named]:
+  """Per arm, the learning rate with the best mean validation accuracy over the tuning seeds.
+
+  `report.tune`'s rule: only rates that finished on every tuning seed are
+  eligible. Each returned group holds the arm's runs at the chosen rate, on
+  every seed (`chosen` is None, and `runs` empty, when no rate is eligible),
+  and every rate's tuning runs in `candidates`. `tune_seeds` None: every seed
+  tunes.
+  """
+  tuning = [r for r in rows if tune_seeds is None or r['seed'] in tune_seeds]
+  groups = []
+  for arm in arms:
+    rates = list(dict.fromkeys(r[protocol.LR] for r in tuning if r['arm'] == arm.label))
+    for rate in rates:
+      groups.append(Named({'arm': arm.label, protocol.LR: rate},
+                          [r for r in tuning
+                           if r['arm'] == arm.label and r[protocol.LR] == rate],
+                          name=arm.label))
+  selected = {}
+  for g in report_lib.tune(groups, protocol.LR, 'val_acc'):
+    label = g.values['arm']
+    runs = ([r for r in rows if r['arm'] == label and r[protocol.LR] == g.chosen[protocol.LR]]
+            if g.chosen else [])
+    selected[label] = Named(g.values, runs, g.chosen, g.candidates, name=label)
+  return selected
+
+
+def _metric_group(group: Named, metric: str, name: str) -> Named:
+  """The group's runs with `metric` copied to the key 'value' (to pair two metrics)."""
+  runs = [{**r, 'value': r.get(metric)} for r in group.runs]
+  return Named(group.values, runs, group.chosen, name=name)
+
+
+def compare_contrasts(contrasts: Sequence[protocol.Contrast], selected: dict[str, Named],
+                      margin: float, alpha: float = protocol.ALPHA) -> list[Outcome]:
+  """Paired tests of every contrast at each arm's selected rate, corrected together."""
+  pairings = {}
+  for c in contrasts:
+    a, b = selected[c.arm], selected[c.reference]
+    if a.chosen and b.chosen:
+      pairings[c] = report_lib.pair(_metric_group(a, c.metric, c.label),
+                                    _metric_group(b, c.reference_metric or c.metric, c.label),
+                                    'value')
+  testable = [c for c, p in pairings.items() if len(p.seeds) >= 2]
+  tests = [stats.paired_t(pairings[c].values, pairings[c].baseline_values) for c in testable]
+  comparisons = dict(zip(testable, stats.compare(tests, margin, alpha))) if tests else {}
+  return [Outcome(c, report_lib.Result(pairings[c], comparisons.get(c)) if c in pairings
+                  else None) for c in contrasts]
+
+
+def points(x: float) -> str:
+  return f'{100 * x:+.2f}'
+
+
+def reading(outcome: Outcome, margin: float) -> str:
+  """The verdict of one comparison, its estimate and interval, in one sentence."""
+  c, comp = outcome.contrast, outcome.comparison
+  if outcome.result is None:
+    return (f'{c.label}: not compared: an arm has no learning rate that finished on every '
+            'seed.')
+  if comp is None:
+    return f'{c.label}: not compared: fewer than 2 seeds finished in both.'
+  lo, hi = comp.interval
+  return (f'{c.label}: **{comp.verdict}** ({points(comp.test.estimate)} points, Holm '
+          f'{100 * comp.level:.4g}% CI {points(lo)} to {points(hi)}, '
+          f'{len(outcome.result.pairing.seeds)} paired seeds)')
+
+
+def plain_words(outcome: Outcome, margin: float) -> str:
+  """What the verdict lets one say, for an answer: never more than the test showed."""
+  comp = outcome.comparison
+  if comp is None:
+    return 'not compared'
+  m = f'{100 * margin:g} points'
+  if comp.verdict == stats.DIFFERENT:
+    return 'higher' if comp.test.estimate > 0 else 'lower'
+  if comp.verdict.startswith(stats.DIFFERENT):
+    return (f"{'higher' if comp.test.estimate > 0 else 'lower'}, but by less than {m}")
+  if comp.verdict.startswith('equivalent'):
+    return f'equivalent (within {m})'
+  return f'neither shown different nor shown equivalent within {m} (inconclusive)'
+
+
+def holds(here: stats.Comparison | None, there: dict[str, Any]) -> str:
+  """Whether a check's verdict (from its verdicts.json) is the main one: the same
+  verdict and, for a difference, the same sign."""
+  if here is None or there['verdict'] != here.verdict:
+    return 'does not hold'
+  if here.verdict.startswith(stats.DIFFERENT) and (
+      (there['estimate'] > 0) != (here.test.estimate > 0)):
+    return 'does not hold (opposite sign)'
+  return 'holds'
+
+
+@dataclasses.dataclass
+class Context:
+  """Everything `analyse` may use; every number at each arm's selected rate."""
+  quick: bool
+  workdir: str
+  dataset: data_lib.Dataset | None
+  arms: list[protocol.Arm]
+  base_config: Config  # the recipe every arm overrides, with this run's epochs and data
+  rows: list[dict[str, Any]]  # every run, every rate, with 'arm'
+  selected: dict[str, Named]  # arm label -> its runs at the chosen rate
+  outcomes: list[Outcome]  # the experiment's comparisons, Holm-corrected together
+  margin: float = protocol.MARGIN
+
+  def by_arm(self, key: str) -> dict[str, list[float]]:
+    """arm label -> `key` over the finished runs at the arm's selected rate."""
+    return {label: [r[key] for r in g.ok() if r.get(key) is not None]
+            for label, g in self.selected.items()}
+
+  def config_of(self, label: str) -> Config:
+    """The arm's configuration (seed 0, the recipe's rate), with the data's input shape."""
+    arm = next(a for a in self.arms if a.label == label)
+    cfg = arm.config(self.base_config)
+    return loop.with_input_shape(cfg, self.dataset) if self.dataset is not None else cfg
+
+  def rate_of(self, label: str) -> float | None:
+    g = self.selected[label]
+    return g.chosen[protocol.LR] if g.chosen else None
+
+  def result(self, label: str, seed: int) -> loop.RunResult:
+    """The selected run of `seed` with its final parameters (seeds in KEEP_PARAMS)."""
+    row = next(r for r in self.selected[label].ok() if r['seed'] == seed)
+    return training.load_result(self.workdir, config_lib.override(
+        self.config_of(label), {protocol.LR: row[protocol.LR], 'seed': seed}))
+
+  def outcome(self, arm: str, reference: str | None = None,
+              metric: str = 'test_acc') -> Outcome | None:
+    for o in self.outcomes:
+      c = o.contrast
+      if c.arm == arm and c.metric == metric and (reference is None or c.reference == reference):
+        return o
+    return None
+
+  def line(self, arm: str, reference: str | None = None, metric: str = 'test_acc') -> str:
+    o = self.outcome(arm, reference, metric)
+    return '- ' + reading(o, self.margin) + '.' if o else ''
+
+  def lines(self, outcomes: Sequence[Outcome] | None = None) -> str:
+    chosen = self.outcomes if outcomes is None else outcomes
+    return '\n'.join('- ' + reading(o, self.margin) + '.' for o in chosen)
+
+  def words(self, arm: str, reference: str | None = None, metric: str = 'test_acc') -> str:
+    o = self.outcome(arm, reference, metric)
+    return plain_words(o, self.margin) if o else 'not run in this mode'
+
+  def count(self, verdict_prefix: str, outcomes: Sequence[Outcome] | None = None) -> int:
+    chosen = self.outcomes if outcomes is None else outcomes
+    return sum(1 for o in chosen if o.comparison and o.comparison.verdict.startswith(
+        verdict_prefix))
+
+
+def tally(ctx: Context, outcomes: Sequence[Outcome]) -> str:
+  """How many of `outcomes` came out each way, naming the arms."""
+  groups: dict[str, list[str]] = {}
+  for o in outcomes:
+    groups.setdefault(plain_words(o, ctx.margin), []).append(o.contrast.label)
+  if not groups:
+    return 'no comparisons were made'
+  return '; '.join(f'{words}: {len(labels)} ({", ".join(labels)})'
+                   for words, labels in groups.items())
+
+
+VERDICTS_FILE = 'verdicts.json'  # a finished experiment's verdicts, for the headline checks
+
+
+def write_verdicts(ctx: Context) -> None:
+  out = {}
+  for o in ctx.outcomes:
+    if o.comparison:
+      out[o.contrast.label] = {'verdict': o.comparison.verdict,
+                               'estimate': o.comparison.test.estimate,
+                               'interval': list(o.comparison.interval),
+                               'seeds': len(o.result.pairing.seeds)}
+  atomic_write(os.path.join(ctx.workdir, VERDICTS_FILE), json.dumps(out, indent=2))
+
+
+def check_workdirs(workdir: str, name: str, quick: bool) -> dict[str, str]:
+  """Where the headline checks of the experiment in `workdir` write: title -> workdir."""
+  parent, suffix = os.path.dirname(os.path.abspath(workdir)), '-quick' if quick else ''
+  epochs, dataset = protocol.CHECK_EPOCHS, protocol.CHECK_DATASET
+  return {f'{epochs} epochs': os.path.join(parent, f'{name}-{epochs}ep{suffix}'),
+          dataset: os.path.join(parent, f'{name}-{dataset}{suffix}')}
