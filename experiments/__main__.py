@@ -17,6 +17,7 @@ from experiments import EXPERIMENTS
 from experiments import protocol
 from experiments import runner
 from lenet_jax import cli
+from lenet_jax import console
 from lenet_jax import workdir as workdir_lib
 
 flags.DEFINE_boolean('quick', False, 'A pipeline check: 1 epoch on 2,048 examples, 2 seeds, '
@@ -80,4 +81,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  console.install()  # dependency warnings: once each, one line
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parse_flags)

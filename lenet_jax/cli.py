@@ -108,7 +108,8 @@ def _merge(sweep, sweep_lib) -> int:
     return 2
   print(sweep_lib.summary_table(rows))
   print(f'\n{len(rows)} of {len(rows) + len(missing)} runs finished', end='')
-  print(f'; results: {os.path.join(FLAGS.workdir, "results.csv")}' if rows else
+  from lenet_jax import runs  # pylint: disable=import-outside-toplevel
+  print(f'; results: {os.path.join(FLAGS.workdir, runs.RESULTS + ".csv")}' if rows else
         f'; none in {FLAGS.workdir}, so no results.csv was written', end='.\n')
   for message in unreadable:
     print(f'unreadable: {message}; run the sweep (or its shard) again to retrain it')
