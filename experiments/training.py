@@ -140,6 +140,7 @@ def train_plan(plan: Sequence[protocol.Planned], dataset: data_lib.Dataset, work
       break
   if rows:
     runs.write_results(workdir, ordered())
+  runs.pack(workdir)  # the finished runs' files into one (runs.ARCHIVE_FILE)
   return ordered(), trained_runs
 
 

@@ -26,19 +26,30 @@ use the same layout):
                                 (results.shard-I-of-N.* for a shard; sweep.merge
                                 joins them)
   report/                       the report (lenet_jax.report), written whole
+  runs.jsonl.gz                 finished runs packed into one file (`pack`): one
+                                JSON line per run holding its files, read as if
+                                they were under runs/<run_id>/ (a run directory,
+                                when there is one too, wins); the experiments'
+                                committed results are stored so
 
 A run whose files cannot be read back (or belong to another run) is moved
-aside to runs/<run_id>.unreadable-<time> and trained again. Every file is
+aside to runs/<run_id>.unreadable-<time> and trained again. (The module is
+longer than the others because it is the only one that knows these names and
+formats.) Every file is
 written atomically (workdir.atomic_write): a reader sees the old file or the
 whole new one.
 """
+import base64
 import concurrent.futures
+import contextlib
 import csv
 import functools
+import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -59,6 +70,10 @@ RUNS_DIR, GROUPS_DIR, REPORT_DIR = 'runs', 'groups', 'report'
 CONFIG_FILE, METRICS_FILE, FINAL_FILE = 'config.json', 'metrics.jsonl', 'final.json'
 TENSORBOARD_DIR = 'tensorboard'
 PARAMS_FILE, EXTRA_FILE = 'params.msgpack', 'extra.json'  # written by the experiments
+ARCHIVE_FILE = 'runs.jsonl.gz'
+# What `pack` keeps of a run: its text files as they are, its binary ones in base64.
+PACKED_FILES = (CONFIG_FILE, METRICS_FILE, FINAL_FILE, EXTRA_FILE)
+PACKED_BINARY = (PARAMS_FILE,)
 
 
 def group_dir(workdir: str, members: Sequence[Config]) -> str:
@@ -132,33 +147,37 @@ def read_finished(workdir: str, cfg: Config,
   metrics.jsonl cannot be parsed or do not belong to `cfg`'s run, or when
   the run trained on data other than `fingerprint` (if given) says.
   """
-  directory = run_dir(workdir, cfg)
-  path = os.path.join(directory, FINAL_FILE)
-  if not os.path.isfile(path):
-    return None
   rid = run_id(cfg)
+  where = os.path.join(run_dir(workdir, cfg), '')
+  if read_run_file(workdir, rid, FINAL_FILE) is None:
+    return None
+  if not os.path.isdir(where):
+    where = f'{os.path.join(workdir, ARCHIVE_FILE)}[{rid}]/'
 
   def parse(name, parse_fn):
-    file = os.path.join(directory, name)
+    text = read_run_file(workdir, rid, name)
     try:
-      with open(file) as f:
-        return parse_fn(f.read())
+      if text is None:
+        raise OSError(f'no {name}')
+      return parse_fn(text.decode())
     except (OSError, ValueError) as e:
-      raise Unreadable(f'{file} cannot be read ({type(e).__name__}: {str(e)[:120]})') from None
+      raise Unreadable(f'{where}{name} cannot be read ({type(e).__name__}: {str(e)[:120]})'
+                       ) from None
 
   row = parse(FINAL_FILE, json.loads)
   if not isinstance(row, dict) or row.get('run_id') != rid:
     got = row.get('run_id') if isinstance(row, dict) else None
-    raise Unreadable(f'{path} belongs to run {got!r}, not to {rid} (a copied file?)')
+    raise Unreadable(f'{where}{FINAL_FILE} belongs to run {got!r}, not to {rid} (a copied '
+                     'file?)')
   recorded = parse(CONFIG_FILE, json.loads)
   if not isinstance(recorded, dict) or config_lib.identity(recorded) != config_lib.identity(cfg):
-    raise Unreadable(f'{os.path.join(directory, CONFIG_FILE)} is not the config of run {rid}')
+    raise Unreadable(f'{where}{CONFIG_FILE} is not the config of run {rid}')
   history = parse(METRICS_FILE, lambda t: [json.loads(l) for l in t.splitlines() if l])
   if len(history) != row.get('epochs_run'):
-    raise Unreadable(f'{os.path.join(directory, METRICS_FILE)} holds {len(history)} '
-                     f'epochs, but final.json says {row.get("epochs_run")}')
+    raise Unreadable(f'{where}{METRICS_FILE} holds {len(history)} epochs, but final.json '
+                     f'says {row.get("epochs_run")}')
   if fingerprint is not None and row.get('data_fingerprint') != fingerprint:
-    raise Unreadable(f'{path} was trained on other data (fingerprint '
+    raise Unreadable(f'{where}{FINAL_FILE} was trained on other data (fingerprint '
                      f'{row.get("data_fingerprint")}; {cfg.data.dataset} now loads as '
                      f'{fingerprint}: its files changed, or the run predates the split)')
   return row
@@ -173,6 +192,9 @@ def finished_row(workdir: str, cfg: Config, warn=print,
     return read_finished(workdir, cfg, fingerprint)
   except Unreadable as e:
     directory = run_dir(workdir, cfg)
+    if not os.path.isdir(directory):  # packed: the new run's directory will stand before it
+      warn(f'warning: {e}; training the run again')
+      return None
     aside = f'{directory}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}'
     os.replace(directory, aside)
     warn(f'warning: {e}; moved the run to {aside} and training it again')
@@ -402,18 +424,22 @@ def read_results(workdir: str) -> list[dict[str, Any]]:
 
 def read_history(workdir: str, rid: str) -> list[dict[str, Any]] | None:
   """A run's metrics.jsonl (one dict per epoch), None if it is missing or unreadable."""
+  text = read_run_file(workdir, rid, METRICS_FILE)
   try:
-    with open(os.path.join(workdir, RUNS_DIR, rid, METRICS_FILE)) as f:
-      return [json.loads(line) for line in f if line.strip()]
-  except (OSError, ValueError):
+    return None if text is None else [json.loads(l) for l in text.decode().splitlines() if l]
+  except ValueError:
     return None
 
 
-def run_ids(workdir: str) -> list[str]:
-  """The run directories under WORKDIR/runs (not the moved-aside '*.unreadable-*')."""
+def _run_dirs(workdir: str) -> list[str]:
   directory = os.path.join(workdir, RUNS_DIR)
   return sorted(d for d in (os.listdir(directory) if os.path.isdir(directory) else [])
-                if '.' not in d)
+                if '.' not in d)  # not the moved-aside '*.unreadable-*'
+
+
+def run_ids(workdir: str) -> list[str]:
+  """The runs of `workdir`: its run directories and its packed runs."""
+  return sorted(set(_run_dirs(workdir)) | set(_archive(workdir)))
 
 
 # ----------------------------------------------------------------------------
@@ -427,12 +453,14 @@ def write_params(workdir: str, cfg: Config, params) -> None:
 
 
 def has_params(workdir: str, cfg: Config) -> bool:
-  return os.path.isfile(os.path.join(run_dir(workdir, cfg), PARAMS_FILE))
+  return read_run_file(workdir, run_id(cfg), PARAMS_FILE) is not None
 
 
 def read_params(workdir: str, cfg: Config) -> dict[str, Any]:
-  with open(os.path.join(run_dir(workdir, cfg), PARAMS_FILE), 'rb') as f:
-    return serialization.msgpack_restore(f.read())
+  data = read_run_file(workdir, run_id(cfg), PARAMS_FILE)
+  if data is None:
+    raise FileNotFoundError(f'{run_dir(workdir, cfg)} has no {PARAMS_FILE}')
+  return serialization.msgpack_restore(data)
 
 
 def write_extra(workdir: str, cfg: Config, values: dict[str, float]) -> None:
@@ -441,8 +469,102 @@ def write_extra(workdir: str, cfg: Config, values: dict[str, float]) -> None:
 
 def read_extra(workdir: str, cfg: Config) -> dict[str, float] | None:
   """The run's extra metrics; None if it has none (or they cannot be read)."""
+  data = read_run_file(workdir, run_id(cfg), EXTRA_FILE)
   try:
-    with open(os.path.join(run_dir(workdir, cfg), EXTRA_FILE)) as f:
-      return json.load(f)
-  except (OSError, ValueError):
+    return None if data is None else json.loads(data)
+  except ValueError:
     return None
+
+
+# ----------------------------------------------------------------------------
+# Packed runs: one file instead of a directory of files per run
+
+
+def read_run_file(workdir: str, rid: str, name: str) -> bytes | None:
+  """The bytes of runs/<rid>/<name>: from the run's directory if it has one, else
+  from the packed runs; None if neither holds it."""
+  directory = os.path.join(workdir, RUNS_DIR, rid)
+  if os.path.isdir(directory):
+    try:
+      with open(os.path.join(directory, name), 'rb') as f:
+        return f.read()
+    except FileNotFoundError:
+      return None
+  return _archive(workdir).get(rid, {}).get(name)
+
+
+def _archive(workdir: str) -> dict[str, dict[str, bytes]]:
+  """run id -> file name -> bytes, of WORKDIR/runs.jsonl.gz ({} without one)."""
+  path = os.path.join(workdir, ARCHIVE_FILE)
+  try:
+    stat = os.stat(path)
+  except FileNotFoundError:
+    return {}
+  return _read_archive(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_archive(path: str, mtime_ns: int, size: int) -> dict[str, dict[str, bytes]]:
+  """Keyed by the file's time and size too, so a rewritten archive is read again."""
+  del mtime_ns, size
+  runs = {}
+  try:
+    with gzip.open(path, 'rt') as f:
+      for number, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        entry = json.loads(line)
+        files = {name: text.encode() for name, text in entry['files'].items()}
+        files.update({name: base64.b64decode(text)
+                      for name, text in entry.get('binary', {}).items()})
+        runs[entry['run_id']] = files
+  except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f'{path} cannot be read ({type(e).__name__}: {str(e)[:120]}); it holds '
+                     'the packed runs of this workdir: restore it from a copy (git checkout '
+                     'for committed results), or move it away to train those runs again.'
+                     ) from None
+  return runs
+
+
+def pack(workdir: str) -> int:
+  """Moves every finished run directory into WORKDIR/runs.jsonl.gz; returns how many.
+
+  The archive is rewritten whole (atomically, byte-for-byte the same for the
+  same runs: sorted, no time stamp), then the packed directories are removed.
+  A run directory that has not finished (no final.json), or that holds files
+  `pack` does not keep (a sweep's models or event files), is left as it is.
+  """
+  entries = {rid: files for rid, files in _archive(workdir).items()}
+  packed = []
+  for rid in _run_dirs(workdir):
+    directory = os.path.join(workdir, RUNS_DIR, rid)
+    names = set(os.listdir(directory))
+    if FINAL_FILE not in names or not names <= set(PACKED_FILES + PACKED_BINARY):
+      continue
+    files = {}
+    for name in PACKED_FILES + PACKED_BINARY:
+      path = os.path.join(directory, name)
+      if os.path.isfile(path):
+        with open(path, 'rb') as f:
+          files[name] = f.read()
+    entries[rid] = files
+    packed.append(directory)
+  if not packed:
+    return 0
+  lines = []
+  for rid in sorted(entries):
+    files = entries[rid]
+    lines.append(json.dumps({
+        'run_id': rid,
+        'files': {n: files[n].decode() for n in PACKED_FILES if n in files},
+        'binary': {n: base64.b64encode(files[n]).decode() for n in PACKED_BINARY if n in files},
+    }, sort_keys=True) + '\n')
+  buffer = io.BytesIO()
+  with gzip.GzipFile(fileobj=buffer, mode='wb', mtime=0, filename='') as f:
+    f.write(''.join(lines).encode())
+  atomic_write(os.path.join(workdir, ARCHIVE_FILE), buffer.getvalue())
+  for directory in packed:
+    shutil.rmtree(directory)
+  with contextlib.suppress(OSError):  # runs/ itself, once empty
+    os.rmdir(os.path.join(workdir, RUNS_DIR))
+  return len(packed)

@@ -6,10 +6,10 @@ every rate of its grid, selects on validation, computes its paired
 statistics and writes a complete report, and that a partial run resumes.
 """
 import csv
+import gzip
 import importlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,8 +31,10 @@ VERDICT_WORDS = ('different', 'equivalent within', 'inconclusive', 'not compared
 # A report of runs holds statistics (scipy) and plots (matplotlib).
 REPORT_PACKAGES = ('scipy', 'matplotlib')
 
+
 def overrides(idx_dir):
   return {'data.dataset': 'mnist', 'data.idx_dir': str(idx_dir), 'data.validation_size': 200}
+
 
 @pytest.mark.parametrize('name', EXPERIMENTS)
 def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
@@ -71,7 +73,9 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
   for arm in {r['arm'] for r in rows}:
     rates = {r['optim.learning_rate'] for r in rows if r['arm'] == arm and r['seed'] == '1'}
     assert len(rates) == 1 and rates < {r['optim.learning_rate'] for r in rows if r['arm'] == arm}
-  assert len(os.listdir(workdir / 'runs')) == len(rows)
+  # Every run is packed into one file, and read back from it.
+  assert len(runs.run_ids(workdir)) == len(rows) and not (workdir / 'runs').exists()
+  assert (workdir / runs.ARCHIVE_FILE).is_file()
   assert not list(workdir.glob('groups/*'))  # deleted once its runs are written
   assert '95% CI' in text and '+-' in text
   assert '## Learning rate per arm (chosen on validation)' in text
@@ -86,6 +90,19 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
         (stats.DIFFERENT + ', but within', 'equivalent within'))
   if getattr(module, 'HEADLINE', ()):
     assert '## Headline checks' in text and 'not run yet' in text
+
+
+def _drop_from_archive(path, run_id, name):
+  """Rewrites a packed-runs file without one file of one run (a lost file)."""
+  with gzip.open(path, 'rt') as f:
+    entries = [json.loads(line) for line in f]
+  for entry in entries:
+    if entry['run_id'] == run_id:
+      entry['files'].pop(name, None)
+      entry['binary'].pop(name, None)
+  with gzip.open(path, 'wt') as f:
+    f.writelines(json.dumps(e) + '\n' for e in entries)
+
 
 @requires(*REPORT_PACKAGES)
 def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
@@ -103,17 +120,19 @@ def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
   assert any(s.startswith('estimate: the whole experiment is') for s in said)
   assert (workdir / 'progress.md').is_file() and not (workdir / 'report.md').exists()
   assert f'{per_group} of {first.total} runs have finished' in first.text
-  # A kept parameter file lost after the run was written: that run is trained again.
-  kept = sorted(workdir.glob(f'runs/*/{runs.PARAMS_FILE}'))
+  # A kept parameter file lost after the run was packed: that run is trained again.
+  kept = [r for r in runs.run_ids(workdir)
+          if runs.read_run_file(str(workdir), r, runs.PARAMS_FILE) is not None]
   assert len(kept) == protocol.QUICK_RATES  # seed 0 only, per rate
-  kept[0].unlink()
+  _drop_from_archive(workdir / runs.ARCHIVE_FILE, kept[0], runs.PARAMS_FILE)
+  assert runs.read_run_file(str(workdir), kept[0], runs.PARAMS_FILE) is None
   said.clear()
   second = runner.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
                       say=said.append)
   assert second.complete and second.finished == second.total == first.total
   tuning_runs = len(module.arms(True)[:protocol.QUICK_ARMS]) * per_group
   assert said[0].startswith(f'{tuning_runs} runs ({per_group - 1} already finished')
-  assert kept[0].is_file()
+  assert runs.read_run_file(str(workdir), kept[0], runs.PARAMS_FILE) is not None
   assert not (workdir / 'progress.md').exists() and (workdir / 'report.md').is_file()
   assert f'Its {second.total} runs trained for ' in second.text  # summed from the records
   # the runs the first call left, and the one whose parameter file was lost
@@ -128,12 +147,14 @@ def test_a_partial_run_writes_progress_and_resumes(idx_dir, tmp_path):
   assert strip(third.text) == strip(second.text)
   assert 'Not part of this experiment' not in third.text
   # A run directory outside the plan is named in the report, and left alone.
-  shutil.copytree(kept[0].parent, workdir / 'runs' / 'c0ffee000000')
+  (workdir / 'runs' / 'c0ffee000000').mkdir(parents=True)
+  (workdir / 'runs' / 'c0ffee000000' / 'config.json').write_text('{}')
   fourth = runner.run(module, str(workdir), quick=True, data_overrides=overrides(idx_dir),
                       say=said.append)
   assert ('Not part of this experiment, and not read: 1 run(s) under `runs/` outside its plan'
           in fourth.text and 'c0ffee000000.' in fourth.text)
   assert strip(fourth.text)[:-2] == strip(third.text)
+
 
 def _rows(arm, val, test, rates=(1e-3, 2e-3)):
   """Rows of one arm: val[rate][seed], test[rate][seed]."""
@@ -141,6 +162,7 @@ def _rows(arm, val, test, rates=(1e-3, 2e-3)):
            protocol.LR: rate, 'val_acc': val[i][seed], 'test_acc': test[i][seed],
            'params': 1, 'flops': 1}
           for i, rate in enumerate(rates) for seed in range(len(val[i]))]
+
 
 def test_rates_are_selected_on_validation_and_differences_paired_by_seed():
   arms = [protocol.Arm('ref', {}), protocol.Arm('other', {})]
@@ -158,6 +180,7 @@ def test_rates_are_selected_on_validation_and_differences_paired_by_seed():
   assert verdicts.plain_words(outcome, 0.005) == 'higher'
   assert '**different**' in verdicts.reading(outcome, 0.005)
 
+
 def test_rates_are_selected_on_the_tuning_seeds_only():
   arms = [protocol.Arm('a', {})]
   # Seeds 0-1 tune; seed 2 trained at the chosen rate only, and its runs do not vote.
@@ -168,10 +191,12 @@ def test_rates_are_selected_on_the_tuning_seeds_only():
   assert sorted(r['seed'] for r in selected['a'].runs) == [0, 1, 2]  # reported on every seed
   assert [len(c.runs) for c in selected['a'].candidates.values()] == [2, 2]
 
+
 def _tuning_rows(val_by_rate, seeds=(0, 1, 2)):
   return [{'run_id': f'a-{rate}-{seed}', 'arm': 'a', 'seed': seed, 'status': 'ok',
            protocol.LR: rate, 'val_acc': val, 'test_acc': val}
           for rate, val in val_by_rate.items() for seed in seeds]
+
 
 def test_a_rate_chosen_at_the_edge_of_its_grid_extends_the_grid():
   base, arms, seeds = protocol.base(quick=False), [protocol.Arm('a', {})], (0, 1, 2)
@@ -200,6 +225,7 @@ def test_a_rate_chosen_at_the_edge_of_its_grid_extends_the_grid():
   assert verdicts.tuning_grids(sgd, base, False, _tuning_rows({0.3: .8, 0.9: .8, 2.7: .9}),
                                seeds)[0] == {'a': (0.3, 0.9, 2.7, 8.1)}
 
+
 def test_a_headline_check_holds_only_with_the_same_verdict_and_sign():
   arms = [protocol.Arm('ref', {}), protocol.Arm('other', {})]
   rows = (_rows('ref', [[.80, .81, .82], [.90, .91, .92]], [[.80, .81, .82], [.90, .91, .92]]) +
@@ -213,11 +239,13 @@ def test_a_headline_check_holds_only_with_the_same_verdict_and_sign():
   assert verdicts.holds(here, {'verdict': stats.INCONCLUSIVE, 'estimate': 0.01}) == 'does not hold'
   assert verdicts.holds(None, {'verdict': stats.DIFFERENT, 'estimate': 0.01}) == 'does not hold'
 
+
 def test_a_rate_that_diverged_on_one_seed_is_not_selected():
   arms = [protocol.Arm('a', {})]
   rows = _rows('a', [[.80, .80], [.99, .99]], [[.8, .8], [.9, .9]])
   rows[3]['status'] = 'diverged'
   assert verdicts.select_rates(arms, rows)['a'].chosen == {protocol.LR: 1e-3}
+
 
 def test_contrasts_of_other_metrics_pair_within_the_same_runs():
   arms = [protocol.Arm('a', {})]
@@ -231,6 +259,7 @@ def test_contrasts_of_other_metrics_pair_within_the_same_runs():
   assert outcome.comparison.verdict == 'different, but within +-0.005'
   assert contrast.label == 'a: acc_down - acc_up'
 
+
 def test_grids():
   base = protocol.base(quick=False)
   assert protocol.Arm('adam', {}).grid(base, quick=False) == (1e-3, 2e-3, 4e-3)
@@ -242,6 +271,7 @@ def test_grids():
   shifted = evaluation.shift_images(__import__('numpy').arange(9).reshape(1, 3, 3, 1), 1, 0)
   assert shifted[0, :, :, 0].tolist() == [[0, 0, 0], [0, 1, 2], [3, 4, 5]]
 
+
 def test_an_unknown_experiment_names_the_choices():
   proc = subprocess.run([sys.executable, '-m', 'experiments', 'channel_shrink'],
                         capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -249,10 +279,12 @@ def test_an_unknown_experiment_names_the_choices():
   assert 'NAME is one of shapes, channel_growth' in proc.stderr
   assert "got ['channel_shrink']" in proc.stderr
 
+
 def test_a_headline_check_of_an_experiment_without_headlines_is_refused(tmp_path):
   module = importlib.import_module('experiments.shapes')
   with pytest.raises(ValueError, match='declares no HEADLINE'):
     runner.run(module, str(tmp_path), quick=True, epochs=30, check=True)
+
 
 @requires(*REPORT_PACKAGES)
 def test_a_headline_check_states_the_budget_it_trained(idx_dir, tmp_path):
@@ -266,6 +298,7 @@ def test_a_headline_check_states_the_budget_it_trained(idx_dir, tmp_path):
   assert '> HEADLINE CHECK' in text and 'Budget: 2 epochs (cosine schedule)' in text
   assert '> QUICK MODE: 2 epoch(s) on' in text
   assert f'Budget: {protocol.FULL_EPOCHS} epochs' not in text
+
 
 def test_the_command_line_is_quiet_and_stops_cleanly_on_sigterm(tmp_path):
   """No orbax INFO pages; SIGTERM (a scheduler's stop) ends it as Ctrl-C does: one line, 130."""
@@ -286,6 +319,7 @@ def test_the_command_line_is_quiet_and_stops_cleanly_on_sigterm(tmp_path):
   assert 'Traceback' not in err and 'checkpoint_manager' not in err, err
   assert err.strip().splitlines()[-1].startswith(f'interrupted; every finished run and epoch '
                                                  f'checkpoint is in {workdir}')
+
 
 def test_shapes_gives_the_reasons_for_shrinking_and_thickening():
   """Review point 8: the reasons (receptive field, compute, values per layer, shift
