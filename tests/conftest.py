@@ -102,8 +102,7 @@ def float32_matmuls():
 # with the install command, where it is absent. Checked with find_spec, which
 # imports nothing (TensorFlow takes seconds to import).
 
-INSTALL_HINTS = {'mlxtend': 'pip install --no-deps mlxtend==0.25.0 (bash install.sh does)'}
-DEFAULT_INSTALL_HINT = 'pip install -e .[all] or pip install -r requirements.txt'
+INSTALL_HINT = 'pip install -e .[all] or pip install -r requirements.txt'
 
 
 def _missing(package: str) -> bool:
@@ -117,8 +116,7 @@ def _missing_reason(packages) -> str | None:
   missing = [p for p in packages if _missing(p)]
   if not missing:
     return None
-  hints = sorted({INSTALL_HINTS.get(p, DEFAULT_INSTALL_HINT) for p in missing})
-  return f'needs {" and ".join(missing)}, not installed here; {"; ".join(hints)}'
+  return f'needs {" and ".join(missing)}, not installed here; {INSTALL_HINT}'
 
 
 def requires(*packages: str):
