@@ -198,6 +198,8 @@ def identity(config: Config | dict[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> Config:
+  """The Config of `to_dict`'s dict (as a run's config.json holds it; lists back to
+  tuples); fields it lacks take their defaults."""
   def tuples(cls, values):
     out = {}
     for f in dataclasses.fields(cls):

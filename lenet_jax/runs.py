@@ -422,6 +422,14 @@ def read_results(workdir: str) -> list[dict[str, Any]]:
   return rows
 
 
+def read_config(workdir: str, rid: str) -> Config:
+  """The configuration run `rid` trained with (its config.json)."""
+  data = read_run_file(workdir, rid, CONFIG_FILE)
+  if data is None:
+    raise FileNotFoundError(f'{os.path.join(workdir, RUNS_DIR, rid)} has no {CONFIG_FILE}')
+  return config_lib.from_dict(json.loads(data))
+
+
 def read_history(workdir: str, rid: str) -> list[dict[str, Any]] | None:
   """A run's metrics.jsonl (one dict per epoch), None if it is missing or unreadable."""
   text = read_run_file(workdir, rid, METRICS_FILE)

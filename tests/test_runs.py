@@ -49,6 +49,7 @@ def test_packed_runs_read_back_exactly_as_from_their_directories(tmp_path):
   assert not (tmp_path / runs.RUNS_DIR).exists()
   assert sorted(os.listdir(tmp_path)) == [runs.ARCHIVE_FILE]
   assert _everything(tmp_path, configs) == before
+  assert [runs.read_config(str(tmp_path), run_id(c)) for c in configs] == configs
   assert runs.run_ids(str(tmp_path)) == sorted(run_id(c) for c in configs)
   # The same runs pack to the same bytes (no time stamp, sorted): a stable git diff.
   first = (tmp_path / runs.ARCHIVE_FILE).read_bytes()
