@@ -205,7 +205,7 @@ def stopped(error: BaseException, workdir: str | None) -> int:
 def main(argv) -> int:
   """Runs what the flags ask for; returns the exit status."""
   # pylint: disable=import-outside-toplevel
-  from lenet_jax import arch, runs, sweep as sweep_lib, validation, workdir as workdir_lib
+  from lenet_jax import arch, runs, sweep as sweep_lib, workdir as workdir_lib
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.',
           file=sys.stderr)
@@ -213,9 +213,7 @@ def main(argv) -> int:
   try:
     _check_run_flags()
     sweep = sweep_from_flags()
-    configs = sweep_lib.expand(sweep)  # input shapes from the datasets
-    for cfg in configs:
-      validation.check_config(cfg)
+    configs = sweep_lib.expand(sweep)  # resolved and validated
     max_models = max_models_flag()
     sweep_lib.shard(configs, 1, FLAGS.num_shards, FLAGS.shard_index)  # the shard flags
   except ValueError as e:

@@ -51,9 +51,12 @@ def expand(sweep: Sweep) -> list[Config]:
   """One Config per (point of the product, seed), seeds varying fastest.
 
   Each config's input shape and validation size are its dataset's, so a
-  run's id (a hash of its config) is known before any data is loaded. A value
-  given twice on an axis, or a seed given twice, is an error: it would train
-  one run twice and count it as two.
+  run's id (a hash of its config) is known before any data is loaded (and
+  `data.load` refuses data of another shape). Every config is validated here
+  (`validation.check_config`), the one place a sweep's points are: what
+  depends on the data split is checked by `run_sweep` once the data is
+  loaded, before any training. A value given twice on an axis, or a seed
+  given twice, is an error: it would train one run twice and count it as two.
   """
   for name, values in sweep.axes.items():
     _check_distinct(name, values)
@@ -68,7 +71,9 @@ def expand(sweep: Sweep) -> list[Config]:
       raise ValueError(f'the sweep points ({same}) and ({given}) are the same configuration '
                        'once resolved, so one run would be trained and counted twice; '
                        'drop one of the two values.')
-    configs.extend(dataclasses.replace(point, seed=s) for s in sweep.seeds)
+    for seed in sweep.seeds:
+      configs.append(dataclasses.replace(point, seed=seed))
+      validation.check_config(configs[-1])
   return configs
 
 
@@ -292,14 +297,12 @@ def run_sweep(sweep: Sweep, workdir: str | None,
   batches = shard(configs, max_models, num_shards, shard_index)
   mine = [c for members in batches for c in members]
   datasets = load_datasets(mine, load_data)
-  for cfg in mine:  # every bad value fails here, before any training
-    validation.check_config(loop.with_input_shape(cfg, datasets[cfg.data]))
+  for cfg in mine:  # what depends on the split fails here, before any training
     loop.check_against_data(cfg, datasets[cfg.data])
   for data_cfg, ds in datasets.items():
     say(f'{ds.name} from {ds.source}: {len(ds.train_images)} train, {len(ds.val_images)} '
         f'validation, {len(ds.test_images)} test examples')
-  resources.check_fits([[loop.with_input_shape(c, datasets[c.data]) for c in members]
-                        for members in batches], stacked)
+  resources.check_fits(batches, stacked)
   plan = _Plan(batches, width_of, datasets, stacked, checkpoint_every)
   if not workdir:
     return _train(None, plan, {}, say, target_test_acc, tensorboard, 'results')
