@@ -8,6 +8,16 @@ Full mode: 10 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 160 runs, 3 more per grid extended
 (docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments channel_growth --max_minutes=50
+
+Expected runtime (docs/experiments.md:147-148,162-165; the 2-core CPU machine, at times
+shared with the test suite, so upper bounds): 190 runs as run (ten grid extensions),
+26 + 108 minutes wall in two invocations; the report sums 117.1 minutes of the runs'
+own compile and training time (experiments/results/channel_growth/report.md:126).
+
+Result (experiments/results/channel_growth/report.md:45-53): growing 6 -> 16, constant
+10 -> 10 and shrinking 16 -> 6 are equivalent within +-0.5 points (16 -> 6 -0.05,
+10 -> 10 +0.16 points); width helps, 16 -> 32 being 0.93 points better than 6 -> 16,
+while 6 -> 6 and every arm with 3 first-layer channels are lower (all "different").
 """
 import os
 

@@ -8,6 +8,18 @@ Full mode: 14 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 224 runs, 3 more per grid extended
 (docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments channels_vs_kernel --max_minutes=50
+
+Expected runtime (docs/experiments.md:147-148,157-161; the 2-core CPU machine): 272 runs
+as run (16 grid extensions), about 100 + 24 minutes wall in two invocations on an
+otherwise idle machine and 5.7 more for the 9 runs of three further extensions; the
+report sums 132.2 minutes of the runs' own compile and training time
+(experiments/results/channels_vs_kernel/report.md:149).
+
+Result (experiments/results/channels_vs_kernel/report.md:53-64): at 6 -> 16, 3x3 and 7x7
+are equivalent to 5x5 within +-0.5 points (+0.03, -0.17 points) while 9x9 (-0.42) and
+1x1 (-3.77) are lower; at the note's conv parameter budget 3x3 with 10 -> 27 is 0.42
+points above the 5x5, but the four global-average-pooling controls, which remove the
+flatten-width confound, are all inconclusive.
 """
 import os
 

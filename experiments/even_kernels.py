@@ -9,6 +9,16 @@ Full mode: 4 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 64 runs, 3 more per grid extended
 (docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments even_kernels --max_minutes=50
+
+Expected runtime (docs/experiments.md:147-148,170-172; the 2-core CPU machine): 64 runs,
+32 minutes wall in one invocation; the report sums 29.2 minutes of the runs' own
+compile and training time (experiments/results/even_kernels/report.md:137).
+
+Result (experiments/results/even_kernels/report.md:33-43): 4x4 and 5x5 are equivalent to
+3x3 within +-0.5 points (+0.01, -0.03 points) and 2x2 is inconclusive (-0.24); under
+one-pixel shifts of the test images the even kernels show no asymmetry (each
+down-vs-up and right-vs-left difference inconclusive or equivalent), while the odd 3x3
+and 5x5 lose less moving the image down than up (+0.50, +0.46 points, "different").
 """
 from experiments import evaluation
 from experiments import protocol

@@ -3,7 +3,17 @@ conv output is wired into the first dense layer.
 
 No training: the shape traces come from `lenet_jax.arch` (held against the real
 parameter trees by the tests), and the errors are the ones the code raises.
-Full mode runs in seconds:  python -m experiments shapes
+Full mode:
+  python -m experiments shapes
+
+Expected runtime: 0.1 minutes on 2 CPU cores
+(experiments/results/shapes/report.md:157).
+
+Result (experiments/results/shapes/report.md:135-149; README.md:120,122): height and
+width shrink only where an unpadded conv loses k - 1 pixels and where 2x2 pooling
+halves them, and depth grows only because the designer asks for more kernels; the
+flatten feeds 16 x 5 x 5 = 400 inputs to the first dense layer, whose 48,120
+parameters are 78% of the network.
 """
 import dataclasses
 

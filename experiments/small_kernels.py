@@ -8,6 +8,17 @@ Full mode: 9 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
 = 144 runs, 3 more per grid extended
 (docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
   python -m experiments small_kernels --max_minutes=50
+
+Expected runtime (docs/experiments.md:147-148,166-169; the 2-core CPU machine): 171 runs
+as run; the report sums 73.6 minutes of the runs' own compile and training time
+(experiments/results/small_kernels/report.md:126); the whole study's wall time is not
+recorded (the gap-head pair's first 44 runs took 11.8 minutes as one piece).
+
+Result (experiments/results/small_kernels/report.md:43-50): two stacked 3x3 per block
+beat one 5x5 by 0.61 points, but with no activation between them they are equivalent
+to it (+0.20), so the gain is the extra non-linearity (+0.41 points), not the smaller
+kernel; with a global-average-pooling head one 3x3 per block is 2.27 points below one
+5x5, and 1x1 convs lose 3.30 points.
 """
 import os
 

@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from lenet_jax import config as config_lib
+from lenet_jax import workdir as workdir_lib
 from lenet_jax.fields import FIELDS, flag_name, is_tuple_field, parse_values
 
 FLAGS = flags.FLAGS
@@ -167,20 +168,23 @@ def quiet_logs() -> None:
 
 
 def _interrupted(signum, frame) -> None:
-  del signum, frame
+  del frame
+  workdir_lib.last_stop['signal'] = signum
   raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def sigterm_as_ctrl_c():
-  """SIGTERM (a scheduler's stop, `kill`) ends the work inside as Ctrl-C does.
+  """SIGTERM (a scheduler's stop, `kill`), and any other of workdir.STOP_SIGNALS,
+  ends the work inside as Ctrl-C does.
 
   SIGUSR1 asks a training group for a checkpoint (workdir.stop_requests);
   outside a group's epochs there is nothing to checkpoint, and it is ignored
   rather than left to its default action, which ends the process.
   """
-  previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted),
-              signal.SIGUSR1: signal.signal(signal.SIGUSR1, signal.SIG_IGN)}
+  previous = {s: signal.signal(s, _interrupted)
+              for s in workdir_lib.STOP_SIGNALS if s != signal.SIGINT}
+  previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
   try:
     yield
   finally:
@@ -205,7 +209,7 @@ def stopped(error: BaseException, workdir: str | None) -> int:
 def main(argv) -> int:
   """Runs what the flags ask for; returns the exit status."""
   # pylint: disable=import-outside-toplevel
-  from lenet_jax import arch, runs, sweep as sweep_lib, workdir as workdir_lib
+  from lenet_jax import arch, runs, sweep as sweep_lib
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.',
           file=sys.stderr)

@@ -63,6 +63,15 @@ def raise_if_disk_full(error: BaseException, path: str) -> None:
 
 _deferred = threading.local()
 
+# The signals that ask work to stop: SIGINT (Ctrl-C) and SIGTERM (kill, a
+# scheduler); a cluster task adds its scheduler's advance warning (cluster.py
+# adds SIGUSR2, which submitit asks SLURM to send before a time limit or a
+# preemption). Every mechanism below treats them alike.
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
+# The stop signal that arrived last, if one did (None: none, or Ctrl-C outside
+# the handlers here, which Python itself turns into KeyboardInterrupt).
+last_stop = {'signal': None}
+
 
 @contextlib.contextmanager
 def deferred_signals():
@@ -79,7 +88,7 @@ def deferred_signals():
     return
   received = []
   handler = lambda signum, frame: received.append(signum)
-  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
   _deferred.active = True
   try:
     yield
@@ -107,9 +116,9 @@ class StopRequests:
 def stop_requests():
   """SIGINT/SIGTERM and SIGUSR1 as requests that the block answers at safe points.
 
-  The first SIGINT or SIGTERM sets `stop` (a scheduler's SIGTERM before a
-  preemption, or Ctrl-C, gets a checkpoint of the epoch in progress); a second
-  one raises KeyboardInterrupt at once. SIGUSR1 sets `checkpoint`. Outside the
+  The first of the STOP_SIGNALS (SIGINT, SIGTERM) sets `stop` (a scheduler's
+  SIGTERM before a preemption, or Ctrl-C, gets a checkpoint of the epoch in
+  progress); a second one raises KeyboardInterrupt at once. SIGUSR1 sets `checkpoint`. Outside the
   main thread the handlers cannot be set and nothing is ever requested.
   """
   requests = StopRequests()
@@ -118,7 +127,8 @@ def stop_requests():
     return
 
   def on_stop(signum, frame):
-    del signum, frame
+    del frame
+    last_stop['signal'] = signum
     if requests.stop:
       raise KeyboardInterrupt
     requests.stop = True
@@ -127,9 +137,8 @@ def stop_requests():
     del signum, frame
     requests.checkpoint = True
 
-  previous = {signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
-              signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
-              signal.SIGUSR1: signal.signal(signal.SIGUSR1, on_checkpoint)}
+  previous = {s: signal.signal(s, on_stop) for s in STOP_SIGNALS}
+  previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_checkpoint)
   try:
     yield requests
   finally:
