@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 
 TMP_SUFFIX = re.compile(r'\.tmp(\d+)$')
@@ -62,6 +63,9 @@ def raise_if_disk_full(error: BaseException, path: str) -> None:
 
 
 _deferred = threading.local()
+
+LOCK_ENV = 'LENET_JAX_LOCK'  # 'file': lock with O_EXCL files, never flock (Lock)
+NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)  # flock's "not here" errors
 
 # The signals that ask work to stop: SIGINT (Ctrl-C) and SIGTERM (kill, a
 # scheduler); a cluster task adds its scheduler's advance warning (cluster.py
@@ -240,17 +244,29 @@ class Locked(ValueError):
 
 
 class Lock:
-  """An advisory lock (flock) on a file, with the holder's pid written in it.
+  """An advisory lock on a file, with the holder's pid written in it.
 
   `shared=True` takes a shared lock: several shards may hold the sweep's lock
   at once, while a process that runs the whole sweep needs it exclusively.
+
+  flock by default. Where flock fails (Lustre mounted without it, NFS without
+  its lock daemon: ENOLCK, ENOSYS, EOPNOTSUPP), or where it works on one node
+  only (some NFS setups: set LENET_JAX_LOCK=file on every node), the lock is
+  a file created with O_EXCL, which such file systems create atomically:
+  `<lock>.held` (exclusive) or `<lock>.shared-<host>-<pid>` (shared), holding
+  `host pid`. A holder on this host whose pid is gone is taken over; one on
+  another host cannot be checked from here, so the message names the file to
+  delete if that process is gone.
   """
 
   def __init__(self, path: str, what: str, shared: bool = False):
     self.path, self.what, self.shared = path, what, shared
     self._fd = None
+    self._files = []
 
   def __enter__(self):
+    if os.environ.get(LOCK_ENV, 'flock') == 'file':
+      return self._take_files()
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -260,6 +276,11 @@ class Lock:
       who = f'process {", ".join(holders)}' if holders else 'another process'
       raise Locked(f'{self.what} is in use by {who} (lock {self.path}); wait for it to '
                    'finish or stop it, then run the command again.') from None
+    except OSError as e:
+      os.close(fd)
+      if e.errno not in NO_FLOCK:
+        raise
+      return self._take_files()  # this file system has no flock
     if not self.shared:
       os.ftruncate(fd, 0)
       os.write(fd, str(os.getpid()).encode())
@@ -273,6 +294,70 @@ class Lock:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+    for path in self._files:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    self._files = []
+
+  # The O_EXCL lock files.
+
+  def _create(self, path: str) -> bool:
+    """Creates `path` holding 'host pid' unless it exists; whether it did."""
+    try:
+      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, 'w') as f:
+      f.write(f'{socket.gethostname()} {os.getpid()}')
+    self._files.append(path)
+    return True
+
+  def _live_holders(self, paths: list[str]) -> list[str]:
+    """'pid on host' of each holder file in `paths`; files of dead pids on this host
+    are removed (their process is gone)."""
+    live = []
+    for path in paths:
+      try:
+        with open(path) as f:
+          host, pid = f.read().split()
+      except (OSError, ValueError):
+        continue  # being written, or gone: counts as nothing
+      if host == socket.gethostname() and not _pid_alive(int(pid)):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
+        continue
+      live.append((path, f'process {pid} on {host}'))
+    return live
+
+  def _refuse(self, holders) -> None:
+    self.__exit__()
+    files = ', '.join(path for path, _ in holders)
+    who = ', '.join(name for _, name in holders)
+    raise Locked(f'{self.what} is in use by {who} (lock file {files}); wait for it to '
+                 'finish or stop it, then run the command again. If that process is gone '
+                 '(a node that failed), delete the file.')
+
+  def _take_files(self):
+    directory, name = os.path.split(self.path)
+    held = f'{self.path}.held'
+    shared = lambda: [os.path.join(directory, f) for f in os.listdir(directory)
+                      if f.startswith(f'{name}.shared-')]
+    mine = f'{self.path}.shared-{socket.gethostname()}-{os.getpid()}' if self.shared else held
+    for _ in range(2):  # a second try after removing a dead holder's file
+      if self._create(mine):
+        break
+      holders = self._live_holders([held])
+      if holders:
+        self._refuse(holders)
+    else:
+      self._refuse(self._live_holders([held]) or [(held, 'another process')])
+    # Whoever is exclusive must find no shared holder, and a shared holder no
+    # exclusive one; both look after creating their own file, so two that race
+    # cannot both go on (at worst both are refused, and one runs again).
+    others = self._live_holders([held] if self.shared else shared())
+    if others:
+      self._refuse(others)
+    return self
 
 
 def holder_pids(directory: str) -> list[str]:
