@@ -24,7 +24,7 @@ tables out) except `load_rows`, `load_sweeps`, `load_curves`, `write` and `main`
 """
 import collections
 import dataclasses
-import itertools
+import functools
 import json
 import math
 import os
@@ -41,6 +41,8 @@ from lenet_jax import runs
 from lenet_jax import stats
 from lenet_jax import workdir as workdir_lib
 
+# What `write` puts in --out: a directory holding anything else is not replaced.
+REPORT_FILES = frozenset({'report.md', 'curves.png', 'forest.png'})
 # Row keys that describe a run rather than measure it; never metrics.
 RUN_FACTS = ('run_id', 'status', 'diverged_epoch', 'params', 'flops', 'epochs_run',
              'train_seconds', 'compile_seconds', 'seed', 'batch_size', 'eval_batch_size',
@@ -82,23 +84,37 @@ def swept_fields(workdir: str, rows: list[dict[str, Any]]) -> list[str]:
 def unfinished_runs(workdir: str, rows: Sequence[dict[str, Any]]) -> tuple[int, list[str]]:
   """(how many runs sweep.json plans, a label for each planned run without a row).
 
-  A diverged run has a row: it finished. Without a sweep.json the plan is not
-  known, and the rows are taken as all of it.
+  The plan is the recorded sweep expanded again (`sweep.expand`), so a point is
+  matched by its run id, as the sweep resolved it (a validation_size of None
+  is the dataset's default there). A diverged run has a row: it finished.
+  Without a sweep.json the plan is not known, and the rows are taken as all of
+  it.
   """
   recorded = _recorded_sweep(workdir)
   if recorded is None:
     return len(rows), []
-  axes, seeds = recorded['axes'], recorded.get('seeds') or sorted({r.get('seed') for r in rows})
-  have = {(tuple(canonical(k, r.get(k)) for k in axes), r.get('seed')) for r in rows}
-  planned, missing = 0, []
-  for values in itertools.product(*axes.values()):
-    point = tuple(canonical(k, v) for k, v in zip(axes, values))
-    label = '; '.join(f'{fields_lib.flag_name(k)}={show(v)}' for k, v in zip(axes, point))
-    for seed in seeds:
-      planned += 1
-      if (point, seed) not in have:
-        missing.append(f'{label or "the run"} seed {seed}')
-  return planned, missing
+  from lenet_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from lenet_jax import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  axes = {k: [tuple(v) if isinstance(v, list) else v for v in values]
+          for k, values in recorded['axes'].items()}
+  seeds = tuple(recorded.get('seeds') or sorted({r.get('seed') for r in rows}))
+  try:
+    planned = sweep_lib.expand(sweep_lib.Sweep(
+        config_lib.from_dict(recorded.get('base', {})), axes, seeds))
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'{runs.sweep_path(workdir)} does not describe a sweep this version '
+                     f'can expand ({type(e).__name__}: {str(e)[:160]}), so the runs it plans '
+                     'are not known; give --allow_incomplete to report on the runs that '
+                     'finished.') from None
+  have = {r.get('run_id') for r in rows}
+  value = lambda cfg, key: functools.reduce(getattr, key.split('.'), cfg)
+  missing = []
+  for cfg in planned:
+    if config_lib.run_id(cfg) not in have:
+      label = '; '.join(f'{fields_lib.flag_name(k)}={show(canonical(k, value(cfg, k)))}'
+                        for k in axes)
+      missing.append(f'{label or "the run"} seed {cfg.seed}')
+  return len(planned), missing
 
 
 def _varying(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -625,7 +641,7 @@ def write(report: Report, out: str, margin: float, metric: str) -> str:
   an interrupted write leaves the previous report, or none), curves read from each
   run's own workdir; returns report.md's text."""
   from lenet_jax import plots  # pylint: disable=import-outside-toplevel
-  with workdir_lib.atomic_directory(out) as tmp:
+  with workdir_lib.atomic_directory(out, REPORT_FILES) as tmp:
     figures = []
     series = {}
     for g in report.groups:
@@ -714,7 +730,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, fields = load_sweeps(workdirs)
     planned, unfinished = 0, []
     for workdir in workdirs:
-      count, missing = unfinished_runs(workdir, [r for r in rows if r['workdir'] == workdir])
+      mine = [r for r in rows if r['workdir'] == workdir]
+      try:
+        count, missing = unfinished_runs(workdir, mine)
+      except ValueError:
+        if not fv.allow_incomplete:
+          raise
+        count, missing = len(mine), []  # the plan is not known: report what is there
       planned, unfinished = planned + count, unfinished + [
           f'{m} (in {workdir})' if len(workdirs) > 1 else m for m in missing]
     if unfinished and not fv.allow_incomplete:
@@ -734,7 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _fail(f'cannot write the report to --out={out} ({e.strerror}); choose another '
                  'directory.')
   except KeyboardInterrupt:
-    print(f'interrupted: no report written; {out} is as it was.', file=sys.stderr)
+    print(f'interrupted: {out} holds the previous report (or none), or the whole new one; '
+          'never a part of one.', file=sys.stderr)
     return 130
   print(text)
   print(f'written to {out}')

@@ -197,8 +197,13 @@ def finished_row(workdir: str, cfg: Config, warn=print,
       return None
     aside = f'{directory}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}-{os.getpid()}'
     os.replace(directory, aside)
-    warn(f'warning: {e}; moved the run to {aside} and training it again')
-    return None
+    try:  # a packed copy of the run, if there is one, is the run
+      row = read_finished(workdir, cfg, fingerprint)
+    except Unreadable:
+      row = None
+    warn(f'warning: {e}; moved the run to {aside}' + (
+        ' and using its packed copy' if row else ' and training it again'))
+    return row
 
 
 def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False,
@@ -571,8 +576,13 @@ def pack(workdir: str) -> int:
   with gzip.GzipFile(fileobj=buffer, mode='wb', mtime=0, filename='') as f:
     f.write(''.join(lines).encode())
   atomic_write(os.path.join(workdir, ARCHIVE_FILE), buffer.getvalue())
+  # Out of the way first (a dotted name is no run directory), then removed: a
+  # kill in between leaves no half-removed run for a reader to find.
   for directory in packed:
-    shutil.rmtree(directory)
+    os.rename(directory, f'{directory}.packed-{os.getpid()}')
+  for name in os.listdir(os.path.join(workdir, RUNS_DIR)):
+    if '.packed-' in name:  # this call's, and any an earlier killed pack left
+      shutil.rmtree(os.path.join(workdir, RUNS_DIR, name), ignore_errors=True)
   with contextlib.suppress(OSError):  # runs/ itself, once empty
     os.rmdir(os.path.join(workdir, RUNS_DIR))
   return len(packed)

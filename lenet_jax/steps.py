@@ -32,10 +32,10 @@ What the steps do for the model:
          them; evaluation sums over them. The model still sees every row, so
          batch norm's batch statistics include padding (pad with real examples
          there). Other dtypes are refused: write `mask=weights > 0` to mean it.
-  correct  Counted where it means something: integer labels of the logits'
-         batch shape (class indices), or labels of the logits' own shape with
-         more than one class (one-hot or soft). Otherwise (regression targets,
-         one output) the metrics have no 'correct'.
+  correct  Counted where it means something: logits of two or more classes
+         per example, with integer labels of their batch shape (class indices)
+         or labels of their own shape (one-hot or soft). Otherwise (regression
+         targets, one output per example) the metrics have no 'correct'.
 
 The default choices are `lenet_jax.train_step`/`eval_step`: integer labels,
 softmax cross entropy, uint8 images scaled to [0, 1] on the device.
@@ -92,13 +92,15 @@ def _looks_boolean(parameter: inspect.Parameter) -> bool:
       bool, type(None)}
 
 
-def mode_kwargs(call: Callable, mode_arg: str | None, training: bool) -> dict[str, bool]:
+def mode_kwargs(call: Callable, mode_arg: str | None, training: bool,
+                strict: bool = True) -> dict[str, bool]:
   """The keyword argument that tells the model `call` whether it trains.
 
   mode_arg='auto' finds it among TRAIN_FLAGS and EVAL_FLAGS in `call`'s
-  signature (none found: the model has no mode, nothing is passed; but an
-  argument that looks boolean and is not among them is an error, since a
-  model trained without being told so keeps dropout off silently); a name
+  signature (none found: the model has no mode, nothing is passed; but with
+  `strict`, the Linen case, an argument that looks boolean and is not among
+  them is an error, since a model trained without being told so keeps
+  dropout off silently; NNX modules are switched by .train()/.eval()); a name
   is passed as given and must be an argument of `call`; None passes nothing.
   """
   if mode_arg is None:
@@ -117,7 +119,7 @@ def mode_kwargs(call: Callable, mode_arg: str | None, training: bool) -> dict[st
                        f"one that means training: make_train_step(mode_arg={found[0]!r}).")
     if not found:
       unmatched = [name for name, p in (parameters or {}).items()
-                   if p.kind in by_name and _looks_boolean(p)]
+                   if strict and p.kind in by_name and _looks_boolean(p)]
       if unmatched:
         raise ValueError(
             f'{_describe(call)} takes {", ".join(map(repr, unmatched))}, which looks like '
@@ -192,8 +194,10 @@ def _linen_apply(state, params, inputs, training: bool, mode_arg, rng_collection
 
 def _apply(state, params, inputs, training: bool, mode_arg, rng_collections):
   if isinstance(state, nnx_state.NNXTrainState):
+    # NNX modules are switched by .train()/.eval(): a boolean argument of theirs
+    # that is not a known mode name is the model's own business.
     return nnx_state.apply(state, params, inputs, training,
-                           lambda call: mode_kwargs(call, mode_arg, training))
+                           lambda call: mode_kwargs(call, mode_arg, training, strict=False))
   return _linen_apply(state, params, inputs, training, mode_arg, rng_collections)
 
 
@@ -208,11 +212,11 @@ def step_keys(key: jax.Array, step, rng_collections: Sequence[str] = ('dropout',
 
 def counts_correct(logits, labels) -> bool:
   """Whether labels are classes the logits can be right about (see `correct` above)."""
-  if not isinstance(logits, jax.Array) or logits.ndim < 1:
-    return False
+  if not isinstance(logits, jax.Array) or logits.ndim < 2 or logits.shape[-1] < 2:
+    return False  # one output per example: nothing to pick a top class from
   if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1]:
     return True
-  return labels.shape == logits.shape and logits.shape[-1] > 1
+  return labels.shape == logits.shape
 
 
 def _correct(logits, labels):

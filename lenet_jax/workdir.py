@@ -169,17 +169,27 @@ def atomic_write(path: str, data: str | bytes) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str):
+def atomic_directory(path: str, replaceable: frozenset[str] = frozenset()):
   """Yields a temporary directory beside `path`; when the block ends without an
-  exception it replaces `path` (and any previous `path` is removed), otherwise
-  it is removed and `path` stays as it was.
+  exception it replaces `path`, otherwise it is removed and `path` stays as it was.
 
-  The swap is two renames with SIGINT/SIGTERM held between them; only a kill -9
-  at that instant leaves the previous directory at `<path>.old<pid>`.
+  An existing `path` is replaced only if it holds nothing but names in
+  `replaceable` (what an earlier block wrote there): a directory with other
+  files (a user's --out=. or --out=WORKDIR) is refused with ValueError, never
+  deleted. The swap (two renames and the removal of the previous directory)
+  runs with SIGINT/SIGTERM held, so a Ctrl-C leaves the previous directory or
+  the whole new one; only a kill -9 at that instant leaves the previous one at
+  `<path>.old<pid>`.
   """
   path = os.path.abspath(path)
   if os.path.exists(path) and not os.path.isdir(path):
     raise NotADirectoryError(errno.ENOTDIR, 'exists and is not a directory', path)
+  if os.path.isdir(path):
+    foreign = sorted(set(os.listdir(path)) - set(replaceable))
+    if foreign:
+      raise ValueError(f'{path} holds other files ({", ".join(foreign[:5])}'
+                       f'{", ..." if len(foreign) > 5 else ""}), which writing there would '
+                       'replace; give a new or empty directory.')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
@@ -191,7 +201,7 @@ def atomic_directory(path: str):
       if os.path.isdir(path):
         os.rename(path, old)
       os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+      shutil.rmtree(old, ignore_errors=True)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

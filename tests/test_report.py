@@ -247,6 +247,8 @@ def _one_configuration(sweep_dir, workdir, channels, lr):
     shutil.copytree(sweep_dir / 'runs' / r['run_id'], workdir / 'runs' / r['run_id'])
   (workdir / 'results.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
   sweep = json.loads((sweep_dir / 'sweep.json').read_text())
+  sweep['base']['model']['channels'] = [int(c) for c in channels.split(',')]
+  sweep['base']['optim']['learning_rate'] = lr
   (workdir / 'sweep.json').write_text(json.dumps({**sweep, 'axes': {}}))
   return rows
 
@@ -386,13 +388,41 @@ def test_an_interrupted_report_leaves_the_previous_one_whole(sweep_dir, tmp_path
   monkeypatch.setattr(plots, 'forest', interrupted)
   assert report.main(args + ['--margin=0.01']) == 130
   err = capsys.readouterr().err
-  assert err == f'interrupted: no report written; {out} is as it was.\n'
+  assert err == (f'interrupted: {out} holds the previous report (or none), or the whole '
+                 'new one; never a part of one.\n')
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
   monkeypatch.undo()
   assert report.main(args + ['--margin=0.01']) == 0  # and the next one replaces it whole
   assert '+-0.01' in (out / 'report.md').read_text()
   assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+
+
+def test_an_out_directory_holding_other_files_is_refused_not_replaced(sweep_dir, tmp_path,
+                                                                       capsys):
+  precious = tmp_path / 'results'
+  precious.mkdir()
+  (precious / 'notes.txt').write_text('mine')
+  status = report.main([str(sweep_dir), '--baseline=channels=4,8;learning_rate=1e-3',
+                        f'--out={precious}'])
+  err = capsys.readouterr().err
+  assert status == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+  assert f'{precious} holds other files (notes.txt)' in err
+  assert (precious / 'notes.txt').read_text() == 'mine' and len(list(precious.iterdir())) == 1
+
+
+def test_planned_runs_are_matched_as_the_sweep_resolved_them(tmp_path):
+  """validation_size None is the dataset's default once resolved: a sweep over it is
+  complete when every resolved run has a row."""
+  from lenet_jax import config as config_lib
+  from lenet_jax import sweep as sweep_lib
+  sweep = sweep_lib.Sweep(config_lib.override(config_lib.default(), {'data.dataset': 'mnist'}),
+                          {'data.validation_size': [None, 300]}, (0, 1))
+  (tmp_path / 'sweep.json').write_text(json.dumps(sweep_lib.describe(sweep)))
+  rows = [{'run_id': sweep_lib.run_id(c), 'seed': c.seed} for c in sweep_lib.expand(sweep)]
+  assert report.unfinished_runs(str(tmp_path), rows) == (4, [])
+  assert report.unfinished_runs(str(tmp_path), rows[1:]) == (
+      4, ['validation_size=5000 seed 0'])
 
 
 def test_help_lists_the_flags(capsys):

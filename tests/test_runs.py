@@ -129,3 +129,30 @@ def test_the_committed_results_are_their_packed_runs(archive):
     final = json.loads(runs.read_run_file(workdir, row['run_id'], runs.FINAL_FILE))
     assert all(_same(row[k], v) for k, v in final.items()), row['run_id']
     assert len(runs.read_history(workdir, row['run_id'])) == final['epochs_run']
+
+
+def test_a_damaged_run_directory_falls_back_to_its_packed_copy(tmp_path):
+  cfg = _finished(tmp_path, 0)
+  runs.pack(str(tmp_path))
+  runs.write_run(str(tmp_path), loop.RunResult(cfg, status='ok', history=HISTORY))
+  (tmp_path / runs.RUNS_DIR / run_id(cfg) / runs.METRICS_FILE).write_text('{"epoch": 1}\n')
+  said = []
+  row = runs.finished_row(str(tmp_path), cfg, warn=said.append)
+  assert row is not None and row['epochs_run'] == 3
+  assert said[0].endswith('and using its packed copy')
+
+
+def test_a_pack_killed_while_removing_leaves_no_half_run(tmp_path):
+  """What a killed pack leaves (a renamed, half-removed directory) is not a run, and the
+  next pack removes it."""
+  cfg = _finished(tmp_path, 0)
+  other = _finished(tmp_path, 1)
+  runs.pack(str(tmp_path))
+  half = tmp_path / runs.RUNS_DIR / f'{run_id(cfg)}.packed-12345'
+  half.mkdir(parents=True)
+  (half / runs.CONFIG_FILE).write_text('{}')
+  assert runs.read_finished(str(tmp_path), cfg)['run_id'] == run_id(cfg)
+  assert runs.run_ids(str(tmp_path)) == sorted([run_id(cfg), run_id(other)])
+  _finished(tmp_path, 2)
+  runs.pack(str(tmp_path))
+  assert not (tmp_path / runs.RUNS_DIR).exists()

@@ -89,6 +89,22 @@ def test_an_unrecognised_switch_is_named_not_left_off(model, name):
   assert f"make_train_step(mode_arg='{name}')" in message and 'mode_arg=None' in message
 
 
+class NNXWithAFlag(nnx.Module):
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x, return_features: bool = False):
+    return x if return_features else self.dense(x)
+
+
+def test_an_nnx_module_s_own_boolean_argument_is_left_alone():
+  """NNX modules are switched by .train()/.eval(), so a flag of theirs is no mode."""
+  state = lenet_jax.create_train_state(NNXWithAFlag(nnx.Rngs(0)), optax.sgd(0.1))
+  state, metrics = lenet_jax.train_step(state, {'image': np.ones((2, 4), np.float32),
+                                               'label': np.array([0, 1])})
+  assert int(metrics['count']) == 2
+
+
 def test_a_named_switch_trains_with_dropout():
   state = lenet_jax.create_train_state(IsTrain(), optax.sgd(0.0), jax.random.key(0),
                                        (4, 4, 1), mode_arg='is_train')
@@ -153,6 +169,11 @@ def test_regression_reports_no_correct_count():
   _, metrics = train_step(state, batch)
   assert set(metrics) == {'loss', 'count'}
   assert set(eval_step(state, batch)) == {'loss_sum', 'count'}
+  # One output per example, squeezed or not, with float or integer targets: no count.
+  squeezed = lambda outputs, targets: (outputs[:, 0] - targets) ** 2
+  for labels in (np.arange(4, dtype=np.float32), np.arange(4)):
+    assert 'correct' not in lenet_jax.make_train_step(loss_fn=squeezed, donate=False)[0](
+        state, {'image': batch['image'], 'label': labels})[1]
   # Classification keeps its count, with integer or soft labels.
   cls = lenet_jax.create_train_state(Linear(3), optax.sgd(0.1), jax.random.key(0), (4,))
   assert 'correct' in train_step(cls, {'image': batch['image'],
