@@ -170,6 +170,7 @@ def quiet_logs() -> None:
 def _interrupted(signum, frame) -> None:
   del frame
   workdir_lib.last_stop['signal'] = signum
+  workdir_lib.stops_seen.add(signum)
   raise KeyboardInterrupt
 
 

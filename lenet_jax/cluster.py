@@ -85,11 +85,20 @@ class ShardTask:
   def __call__(self) -> int:
     warning = preempt_signal()
     submitits = signal.getsignal(warning)  # checkpoints and requeues the task
-    workdir_lib.STOP_SIGNALS.append(warning)
+    added = warning not in workdir_lib.STOP_SIGNALS
+    if added:
+      workdir_lib.STOP_SIGNALS.append(warning)
     signal.signal(warning, cli._interrupted)  # pylint: disable=protected-access
-    workdir_lib.last_stop['signal'] = None
-    status = _run_py(self.argv)
-    if status == 130 and workdir_lib.last_stop['signal'] == warning and callable(submitits):
+    workdir_lib.stops_seen.clear()
+    try:
+      status = _run_py(self.argv)
+    finally:
+      if added:
+        workdir_lib.STOP_SIGNALS.remove(warning)
+      signal.signal(warning, submitits)
+    # Warned, whatever came after (SLURM's SIGTERM at the limit, when the epoch
+    # did not fit in the warning time): the task is requeued.
+    if status == 130 and warning in workdir_lib.stops_seen and callable(submitits):
       print(f'{signal.Signals(warning).name}: the epoch in progress was saved; asking '
             'submitit to requeue this task', flush=True)
       submitits(warning, None)  # calls self.checkpoint, requeues, and exits
@@ -148,6 +157,16 @@ def _check(fv) -> None:
   if fv.timeout_min < 1 or fv.array_parallelism < 1 or fv.gpus_per_task < 0:
     raise ValueError('--timeout_min and --array_parallelism must be >= 1 and '
                      '--gpus_per_task >= 0.')
+  if fv.cluster == 'local' and fv.wait is False:
+    raise ValueError('--cluster=local --nowait would merge before the tasks end (only SLURM '
+                     'can start the merge after them); leave --wait on.')
+  # run.py's own values, here: a mistake found by every queued task is found late.
+  cli._check_run_flags()  # pylint: disable=protected-access
+  from lenet_jax import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  sweep_lib.expand(cli.sweep_from_flags(fv))
+  if fv.num_shards > 1 and cli.max_models_flag() == 'auto':
+    raise ValueError('--max_models=auto is decided by each task from its own device memory, '
+                     'and shards must group runs alike: give --max_models=N.')
 
 
 def submit(argv: Sequence[str], fv=flags.FLAGS):
@@ -184,6 +203,11 @@ def main(argv) -> int:
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except Exception as e:  # pylint: disable=broad-except  # sbatch refused (partition, quota)
+    print(f'error: submitting the tasks failed ({type(e).__name__}: '
+          f'{" ".join(str(e).split())[:400]}); nothing was submitted, or see squeue.',
+          file=sys.stderr)
+    return 1
   fv = flags.FLAGS
   print(f'submitted {len(jobs)} task(s) to {executor.cluster}: job {jobs[0].job_id.split("_")[0]}'
         f'; logs in {executor.folder if hasattr(executor, "folder") else fv.logs}', flush=True)
@@ -192,7 +216,13 @@ def main(argv) -> int:
     array = jobs[0].job_id.split('_')[0]
     executor.update_parameters(slurm_additional_parameters={'dependency': f'afterany:{array}'},
                                timeout_min=30, gpus_per_node=0)
-    merge = executor.submit(ShardTask([*argv, '--merge']))
+    try:
+      merge = executor.submit(ShardTask([*argv, '--merge']))
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'error: the tasks were submitted, but not the merge ({type(e).__name__}: '
+            f'{" ".join(str(e).split())[:300]}); after them: python run.py '
+            f'{" ".join(argv)} --merge', file=sys.stderr)
+      return 1
     print(f'the merge runs as job {merge.job_id} once every task has ended; or, after '
           f'them: python run.py {" ".join(argv)} --merge', flush=True)
     return 0

@@ -174,18 +174,33 @@ PROBE_SECONDS = 5.0
 def offline_reason(url: str | None = None, timeout: float = PROBE_SECONDS) -> str | None:
   """None if `url` answers (any HTTP status) within `timeout`, else why not.
 
-  Through urllib, so the proxy settings of the environment ($https_proxy) apply.
+  Through urllib, so the proxy settings of the environment ($https_proxy)
+  apply. The request runs in a thread that is waited for `timeout` seconds
+  at most: a socket timeout does not bound the name lookup, which an offline
+  machine with an unreachable resolver can spend a long time in.
   """
+  import threading  # pylint: disable=import-outside-toplevel
   import urllib.error  # pylint: disable=import-outside-toplevel
   import urllib.request  # pylint: disable=import-outside-toplevel
   url = url or DOWNLOAD_PROBE
-  try:
-    urllib.request.urlopen(url, timeout=timeout).close()
-  except urllib.error.HTTPError:
-    return None  # it answered
-  except (OSError, ValueError) as e:  # URLError, timeouts and refused connections are OSErrors
-    return f'{url} cannot be reached ({getattr(e, "reason", e)}; waited at most {timeout:g} s)'
-  return None
+  outcome = []
+
+  def probe():
+    try:
+      urllib.request.urlopen(url, timeout=timeout).close()
+      outcome.append(None)
+    except urllib.error.HTTPError:
+      outcome.append(None)  # it answered
+    except (OSError, ValueError) as e:  # URLError, timeouts and refused connections
+      outcome.append(f'{url} cannot be reached ({getattr(e, "reason", e)}; waited at most '
+                     f'{timeout:g} s)')
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  if not outcome:
+    return f'{url} did not answer within {timeout:g} s'
+  return outcome[0]
 
 
 def load_tfds_split(name: str, split: str, data_dir: str | None, download: bool):

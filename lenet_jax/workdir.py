@@ -75,6 +75,9 @@ STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
 # The stop signal that arrived last, if one did (None: none, or Ctrl-C outside
 # the handlers here, which Python itself turns into KeyboardInterrupt).
 last_stop = {'signal': None}
+# Every stop signal that has arrived (a cluster task asks whether its scheduler's
+# warning was among them, whatever came after it).
+stops_seen: set[int] = set()
 
 
 @contextlib.contextmanager
@@ -133,6 +136,7 @@ def stop_requests():
   def on_stop(signum, frame):
     del frame
     last_stop['signal'] = signum
+    stops_seen.add(signum)
     if requests.stop:
       raise KeyboardInterrupt
     requests.stop = True
@@ -332,7 +336,8 @@ class Lock:
           host, pid = f.read().split()
       except (OSError, ValueError):
         continue  # being written, or gone: counts as nothing
-      if host == socket.gethostname() and not _pid_alive(int(pid)):
+      mine = int(pid) == os.getpid() and path not in self._files  # a reused pid's file
+      if host == socket.gethostname() and (mine or not _pid_alive(int(pid))):
         with contextlib.suppress(FileNotFoundError):
           os.remove(path)
         continue

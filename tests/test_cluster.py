@@ -49,11 +49,12 @@ def _task_pid(job):
   return int(pid)
 
 
-def _when_training(job, deadline=180):
+def _when_at_epoch(job, epoch, deadline=180):
+  """Waits until `job` has finished `epoch` of its group (of 20): epochs are left."""
   start = time.monotonic()
-  while 'training 2 run(s)' not in (job.stdout() or ''):
+  while f'] epoch {epoch}/' not in (job.stdout() or ''):
     assert time.monotonic() - start < deadline, job.stderr()
-    time.sleep(0.1)
+    time.sleep(0.05)
 
 
 def _submit(argv, workdir, logs):
@@ -75,10 +76,9 @@ def test_an_array_survives_a_requeue_and_a_kill_and_merges_to_one_process(idx_di
 
   workdir, logs = tmp_path / 'array', tmp_path / 'logs'
   warned, killed = _submit(argv, workdir, logs)
-  _when_training(warned)
-  _when_training(killed)
-  time.sleep(0.5)  # into the groups' epochs
+  _when_at_epoch(warned, 2)  # saved after every epoch: epoch 2 is on disk
   os.kill(_task_pid(warned), signal.SIGUSR2)  # the scheduler's warning before a time limit
+  _when_at_epoch(killed, 2)
   os.kill(_task_pid(killed), signal.SIGKILL)  # a node lost
   assert warned.result() == 0  # requeued by submitit, resumed, finished
   with pytest.raises(Exception):
@@ -119,9 +119,13 @@ def test_the_command_runs_an_array_here_and_merges(idx_dir, tmp_path):
     (['--num_shards=2', '--workdir=W', '--shard_index=1'], '--shard_index is chosen per task'),
     (['--num_shards=0', '--workdir=W'], '--num_shards=0 must be >= 1'),
     (['--num_shards=2', '--workdir=W', '--merge'], '--merge and --describe run here'),
-    (['--num_shards=2', '--workdir=W', '--partition', 'gpu'], 'write --partition=VALUE'),
+    (['--num_shards=2', '--workdir=W', '--max_models=2', '--partition', 'gpu'],
+     'write --partition=VALUE'),
     (['--num_shards=2', '--workdir=W', '--timeout_min=0'], '--timeout_min and'),
     (['--num_shards=2', '--workdir=W', 'extra'], "unexpected arguments ['extra']"),
+    (['--num_shards=2', '--workdir=W'], '--max_models=auto is decided by each task'),
+    (['--num_shards=2', '--workdir=W', '--max_models=2', '--epochs=0'], 'epochs=0'),
+    (['--num_shards=2', '--workdir=W', '--max_models=2', '--nowait'], '--cluster=local --nowait'),
 ])
 def test_the_launcher_answers_bad_input_with_one_line(args, message, tmp_path):
   args = [a.replace('=W', f'={tmp_path / "w"}') for a in args]

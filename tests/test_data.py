@@ -90,6 +90,14 @@ def test_no_data_anywhere_lists_the_ways_to_get_it(monkeypatch):
   assert 'tfds.load' in text
 
 
+@pytest.fixture
+def no_proxy(monkeypatch):
+  """The probes below talk to 127.0.0.1 themselves, never through a proxy."""
+  for name in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'all_proxy',
+               'ALL_PROXY'):
+    monkeypatch.delenv(name, raising=False)
+
+
 def _refused_port() -> int:
   """A local port nothing listens on: a connection there is refused at once."""
   with socket.socket() as s:
@@ -99,7 +107,7 @@ def _refused_port() -> int:
 
 @pytest.mark.parametrize('source', ['tfds', 'auto'])
 def test_offline_a_dataset_that_is_not_prepared_fails_fast_with_the_commands(
-    monkeypatch, tmp_path, source):
+    monkeypatch, tmp_path, source, no_proxy):
   """No TFDS download is attempted offline (TFDS would retry for minutes)."""
   data.load.cache_clear()
   monkeypatch.delenv(data.IDX_DIR_ENV, raising=False)
@@ -114,7 +122,7 @@ def test_offline_a_dataset_that_is_not_prepared_fails_fast_with_the_commands(
   assert "tfds.load('kmnist')" in text and '--tfds_data_dir' in text
 
 
-def test_the_network_probe_tells_an_answer_from_none():
+def test_the_network_probe_tells_an_answer_from_none(no_proxy):
   class NotFound(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # pylint: disable=invalid-name
       self.send_error(404)
