@@ -70,6 +70,11 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                        flag_values=fv)
   flags.DEFINE_boolean('tensorboard', True, 'Write TensorBoard event files for each run '
                        '(under --workdir).', flag_values=fv)
+  flags.DEFINE_boolean('distributed', False, 'Several hosts, one process each (TPU pod '
+                       'slices, multi-node GPU jobs): initialise jax.distributed and train '
+                       'shard process_index of process_count on the local devices; process 0 '
+                       'records the sweep and merges (docs/cluster.md). Needs --workdir and '
+                       'an integer --max_models.', flag_values=fv)
   flags.DEFINE_string('cache_dir', cache,
                       "JAX's persistent compilation cache ('' disables it).", flag_values=fv)
 
@@ -128,6 +133,11 @@ def _check_run_flags() -> None:
     raise ValueError(f'--num_shards={FLAGS.num_shards} splits a sweep over processes that '
                      'share one --workdir (where each writes its runs and --merge gathers '
                      'them); give --workdir=DIR.')
+  if FLAGS.distributed and (not FLAGS.workdir or FLAGS['num_shards'].present
+                            or FLAGS['shard_index'].present or FLAGS.merge):
+    raise ValueError('--distributed splits the sweep over the processes by itself (shard '
+                     'process_index of process_count) into one shared --workdir: give '
+                     '--workdir=DIR, and neither --num_shards, --shard_index nor --merge.')
   every = FLAGS.checkpoint_every_secs
   if not every >= 0 or every == float('inf'):  # NaN fails this too
     raise ValueError(f'--checkpoint_every_secs={every} must be a finite number of seconds '
@@ -238,6 +248,15 @@ def main(argv) -> int:
   import jax
   from lenet_jax import loop  # pylint: disable=import-outside-toplevel
   quiet_logs()
+  if FLAGS.distributed:
+    from lenet_jax import multihost  # pylint: disable=import-outside-toplevel
+    try:
+      FLAGS.shard_index, FLAGS.num_shards = multihost.initialize()
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    print(f'process {FLAGS.shard_index} of {FLAGS.num_shards}: shard {FLAGS.shard_index}',
+          flush=True)
   vmap = {'auto': None, 'vmap': True, 'in_turn': False}[FLAGS.group_mode]
   try:
     max_models = sweep_lib.resolve_max_models(max_models, configs, FLAGS.workdir,
@@ -245,7 +264,8 @@ def main(argv) -> int:
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  if not sweep_lib.shard(configs, max_models, FLAGS.num_shards, FLAGS.shard_index):
+  if not FLAGS.distributed and not sweep_lib.shard(configs, max_models, FLAGS.num_shards,
+                                                   FLAGS.shard_index):
     print(f'shard {FLAGS.shard_index} of {FLAGS.num_shards} has no runs: the sweep has '
           f'{len(sweep_lib.groups(configs, max_models))} group(s) of runs, fewer than '
           'the shards. Nothing to train; use fewer --num_shards.')
@@ -258,27 +278,61 @@ def main(argv) -> int:
   print(f'{len(configs)} run(s), JAX backend {jax.default_backend()}', flush=True)
   if FLAGS.max_models.strip() == 'auto':  # the group size decides stacked results: say it
     print(f'--max_models=auto: up to {max_models} runs per program', flush=True)
-  try:
-    with sigterm_as_ctrl_c():
-      rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=max_models,
-                                 progress=lambda line: print(line, flush=True),
-                                 target_test_acc=FLAGS.target_test_acc,
-                                 num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
-                                 tensorboard=FLAGS.tensorboard, vmap=vmap,
-                                 checkpoint_every=FLAGS.checkpoint_every_secs)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  except (workdir_lib.DiskFull, KeyboardInterrupt) as e:
-    return stopped(e, FLAGS.workdir)
-  print()
-  print(sweep_lib.summary_table(rows))
-  if len(rows) == 1:
-    r = rows[0]
-    print(f"\nstatus {r['status']}; validation accuracy {r['val_acc']}; "
-          f"test accuracy {r['test_acc']}")
-  if FLAGS.workdir:
-    name = runs.results_name(FLAGS.num_shards, FLAGS.shard_index)
-    print(f'\nresults: {os.path.join(FLAGS.workdir, name + ".csv")}')
-  return 0
 
+  def train() -> int:
+    try:
+      with sigterm_as_ctrl_c():
+        rows = sweep_lib.run_sweep(sweep, FLAGS.workdir, max_models=max_models,
+                                   progress=lambda line: print(line, flush=True),
+                                   target_test_acc=FLAGS.target_test_acc,
+                                   num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
+                                   tensorboard=FLAGS.tensorboard, vmap=vmap,
+                                   checkpoint_every=FLAGS.checkpoint_every_secs)
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    except (workdir_lib.DiskFull, KeyboardInterrupt) as e:
+      return stopped(e, FLAGS.workdir)
+    print()
+    print(sweep_lib.summary_table(rows))
+    if len(rows) == 1:
+      r = rows[0]
+      print(f"\nstatus {r['status']}; validation accuracy {r['val_acc']}; "
+            f"test accuracy {r['test_acc']}")
+    if FLAGS.workdir:
+      name = runs.results_name(FLAGS.num_shards, FLAGS.shard_index)
+      print(f'\nresults: {os.path.join(FLAGS.workdir, name + ".csv")}')
+    return 0
+
+  if FLAGS.distributed:
+    return _distributed(sweep, sweep_lib, loop.resolve_vmap(vmap), max_models, train)
+  return train()
+
+
+def _distributed(sweep, sweep_lib, stacked: bool, max_models: int, train) -> int:
+  """--distributed: process 0 records the sweep in the workdir before the others
+  start (they find it there and check that it is theirs); every process trains
+  its shard; once all have ended, however they ended, process 0 merges."""
+  from lenet_jax import multihost, runs  # pylint: disable=import-outside-toplevel
+  claimed = None
+  if FLAGS.shard_index == 0:
+    try:
+      runs.check_writable(FLAGS.workdir)
+      runs.claim_workdir(FLAGS.workdir, sweep_lib.describe(sweep),
+                         runs.execution(stacked, max_models))
+    except ValueError as e:
+      claimed = e
+  multihost.barrier('claimed')  # the others wait here, even when the claim failed
+  status = None
+  if claimed is not None:
+    print(f'error: {claimed}', file=sys.stderr)
+    status = 2
+  try:
+    if status is None:
+      status = train()  # the others, refused as process 0 was, end with status 2 too
+  finally:
+    multihost.barrier('trained')  # however this process ended: none waits forever
+  if FLAGS.shard_index == 0 and status == 0:  # one process writes the sweep's results
+    print('\nevery process has finished; the whole sweep:')
+    return _merge(sweep, sweep_lib)
+  return status

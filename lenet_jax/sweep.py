@@ -319,6 +319,11 @@ def run_sweep(sweep: Sweep, workdir: str | None,
     return _train(workdir, plan, finished, say, target_test_acc, tensorboard, name)
 
 
+def _several_processes() -> bool:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_count() > 1
+
+
 @dataclasses.dataclass
 class _Plan:
   """What a process trains: its groups, their program widths, data and cadence."""
@@ -368,7 +373,11 @@ def _train(workdir, plan, finished, say, target_test_acc, tensorboard,
       return bool(target_test_acc and live and all(
           h.get('test_acc', 0) >= target_test_acc for h in live))
 
-    checkpoints = runs.group_dir(workdir, whole) if workdir else None
+    # Under jax.distributed (multihost.py) orbax coordinates every save across the
+    # processes, which train different groups: there a group is not checkpointed,
+    # and an interrupted one trains again from its start (finished runs stay).
+    checkpoints = (runs.group_dir(workdir, whole)
+                   if workdir and not _several_processes() else None)
     results = loop.train_group(members, plan.datasets[members[0].data], on_epoch,
                                keep_params=bool(workdir), vmap=plan.stacked,
                                checkpoint_dir=checkpoints,
