@@ -64,6 +64,7 @@ def raise_if_disk_full(error: BaseException, path: str) -> None:
 
 _deferred = threading.local()
 
+_HELD_FILES: set[str] = set()  # the O_EXCL lock files this process holds (Lock)
 LOCK_ENV = 'LENET_JAX_LOCK'  # 'file': lock with O_EXCL files, never flock (Lock)
 NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)  # flock's "not here" errors
 
@@ -309,6 +310,7 @@ class Lock:
       os.close(self._fd)
       self._fd = None
     for path in self._files:
+      _HELD_FILES.discard(path)
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
     self._files = []
@@ -324,6 +326,7 @@ class Lock:
     with os.fdopen(fd, 'w') as f:
       f.write(f'{socket.gethostname()} {os.getpid()}')
     self._files.append(path)
+    _HELD_FILES.add(path)
     return True
 
   def _live_holders(self, paths: list[str]) -> list[str]:
@@ -336,7 +339,8 @@ class Lock:
           host, pid = f.read().split()
       except (OSError, ValueError):
         continue  # being written, or gone: counts as nothing
-      mine = int(pid) == os.getpid() and path not in self._files  # a reused pid's file
+      # This pid, but no Lock of this process holds it: a reused pid's old file.
+      mine = int(pid) == os.getpid() and path not in _HELD_FILES
       if host == socket.gethostname() and (mine or not _pid_alive(int(pid))):
         with contextlib.suppress(FileNotFoundError):
           os.remove(path)

@@ -72,3 +72,10 @@ def test_a_file_system_without_flock_falls_back_to_files(tmp_path, monkeypatch):
       with Lock(path, 'the workdir'):
         pass
   assert not (tmp_path / '.lock.held').exists()
+
+
+def test_a_file_naming_this_pid_that_no_lock_here_holds_is_stale(tmp_path, file_locks):
+  """A pid reused after a kill (containers number from 1): the old file is not ours."""
+  (tmp_path / '.lock.held').write_text(f'{socket.gethostname()} {os.getpid()}')
+  with Lock(str(tmp_path / '.lock'), 'the workdir'):
+    assert (tmp_path / '.lock.held').exists()
