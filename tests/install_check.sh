@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The library alone, as a user installs it: `pip install -e .` into a fresh
 # virtualenv (core dependencies only, at requirements.txt's versions) leaves
-# TensorFlow out and trains a step; the wheel (what `pip install git+URL`
+# TensorFlow out and trains a step; the slurm extra installs on top of it; the wheel (what `pip install git+URL`
 # builds) carries the native kernels' C++ source, and they build from it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,6 +50,10 @@ for name in ('tensorflow', 'tensorflow_datasets', 'matplotlib', 'tensorboardX'):
   assert name not in sys.modules, f'training a step imported {name}'
 print(f'installed {lenet_jax.__file__}: one step, loss {float(metrics["loss"]):.3f}')
 EOF
+
+# The slurm extra installs on top, and the cluster command finds submitit.
+"${pip[@]}" -c "$root/requirements.txt" -e "$root[slurm]"
+"$tmp/venv/bin/python" -c 'import submitit; from lenet_jax import cluster; cluster._submitit(); print("slurm extra: submitit", submitit.__version__)'
 
 # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
 mkdir "$tmp/src"
