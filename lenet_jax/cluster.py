@@ -1,7 +1,7 @@
 """A sweep as a job array on a cluster, through submitit (`pip install -e .[slurm]`).
 
-  python -m lenet_jax.cluster <run.py's flags> --workdir=DIR --num_shards=N \
-      [--cluster=slurm|local] [--partition=P] [--timeout_min=60] [--gpus_per_task=1] \
+  python -m lenet_jax.cluster <run.py's flags> --workdir=DIR --num_shards=N
+      [--cluster=slurm|local] [--partition=P] [--timeout_min=60] [--gpus_per_task=1]
       [--cpus_per_task=C] [--array_parallelism=K] [--logs=DIR] [--wait]
 
 Submits one task per shard (`--num_shards`; task i runs `run.py`'s sweep with
