@@ -138,6 +138,9 @@ def _check_run_flags() -> None:
     raise ValueError('--distributed splits the sweep over the processes by itself (shard '
                      'process_index of process_count) into one shared --workdir: give '
                      '--workdir=DIR, and neither --num_shards, --shard_index nor --merge.')
+  if FLAGS.distributed and FLAGS.max_models.strip() == 'auto':
+    raise ValueError('--distributed needs an integer --max_models: every process must '
+                     'group the runs alike, and auto depends on each host\'s free memory.')
   every = FLAGS.checkpoint_every_secs
   if not every >= 0 or every == float('inf'):  # NaN fails this too
     raise ValueError(f'--checkpoint_every_secs={every} must be a finite number of seconds '
@@ -207,8 +210,12 @@ def stopped(error: BaseException, workdir: str | None) -> int:
   """One line for work stopped by Ctrl-C or SIGTERM (exit 130) or by a full disk
   (exit 1), saying where every finished run is kept; the exit status."""
   if isinstance(error, KeyboardInterrupt):
-    where = (f'; every finished run and epoch checkpoint is in {workdir}: run the same '
-             'command again to resume' if workdir else ' (no --workdir, so nothing was kept)')
+    kept = ('every finished run is in {w} (under --distributed groups are not '
+            'checkpointed: an interrupted one trains again from its first epoch)'
+            if FLAGS['distributed'].value else 'every finished run and epoch checkpoint '
+            'is in {w}')
+    where = (f'; {kept.format(w=workdir)}: run the same command again to resume' if workdir
+             else ' (no --workdir, so nothing was kept)')
     print(f'\ninterrupted{where}.', file=sys.stderr)
     return 130
   where = (f'Every run that finished is kept in {workdir}; free some space there and run '
@@ -299,7 +306,7 @@ def main(argv) -> int:
       r = rows[0]
       print(f"\nstatus {r['status']}; validation accuracy {r['val_acc']}; "
             f"test accuracy {r['test_acc']}")
-    if FLAGS.workdir:
+    if FLAGS.workdir and rows:
       name = runs.results_name(FLAGS.num_shards, FLAGS.shard_index)
       print(f'\nresults: {os.path.join(FLAGS.workdir, name + ".csv")}')
     return 0
@@ -320,13 +327,17 @@ def _distributed(sweep, sweep_lib, stacked: bool, max_models: int, train) -> int
       runs.check_writable(FLAGS.workdir)
       runs.claim_workdir(FLAGS.workdir, sweep_lib.describe(sweep),
                          runs.execution(stacked, max_models))
-    except ValueError as e:
+    except BaseException as e:  # pylint: disable=broad-except  # the others wait: reach them
       claimed = e
   multihost.barrier('claimed')  # the others wait here, even when the claim failed
   status = None
-  if claimed is not None:
+  if isinstance(claimed, ValueError):
     print(f'error: {claimed}', file=sys.stderr)
     status = 2
+  elif isinstance(claimed, (workdir_lib.DiskFull, KeyboardInterrupt)):
+    status = stopped(claimed, FLAGS.workdir)
+  elif claimed is not None:
+    raise claimed
   try:
     if status is None:
       status = train()  # the others, refused as process 0 was, end with status 2 too

@@ -152,6 +152,9 @@ def _check(fv) -> None:
                      'tasks) only.')
   if fv.num_shards < 1:
     raise ValueError(f'--num_shards={fv.num_shards} must be >= 1 (the number of tasks).')
+  if fv.distributed:
+    raise ValueError('--distributed joins processes that one job starts together; the '
+                     'array\'s tasks are independent shards: leave it out here.')
   if fv.merge or fv.describe:
     raise ValueError('--merge and --describe run here, not on a cluster: use python run.py.')
   if fv.timeout_min < 1 or fv.array_parallelism < 1 or fv.gpus_per_task < 0:

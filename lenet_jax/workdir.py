@@ -275,7 +275,7 @@ class Lock:
   """
 
   def __init__(self, path: str, what: str, shared: bool = False):
-    self.path, self.what, self.shared = path, what, shared
+    self.path, self.what, self.shared = os.path.abspath(path), what, shared
     self._fd = None
     self._files = []
 
@@ -310,7 +310,7 @@ class Lock:
       os.close(self._fd)
       self._fd = None
     for path in self._files:
-      _HELD_FILES.discard(path)
+      _HELD_FILES.discard(os.path.realpath(path))
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
     self._files = []
@@ -326,7 +326,7 @@ class Lock:
     with os.fdopen(fd, 'w') as f:
       f.write(f'{socket.gethostname()} {os.getpid()}')
     self._files.append(path)
-    _HELD_FILES.add(path)
+    _HELD_FILES.add(os.path.realpath(path))
     return True
 
   def _live_holders(self, paths: list[str]) -> list[str]:
@@ -340,7 +340,7 @@ class Lock:
       except (OSError, ValueError):
         continue  # being written, or gone: counts as nothing
       # This pid, but no Lock of this process holds it: a reused pid's old file.
-      mine = int(pid) == os.getpid() and path not in _HELD_FILES
+      mine = int(pid) == os.getpid() and os.path.realpath(path) not in _HELD_FILES
       if host == socket.gethostname() and (mine or not _pid_alive(int(pid))):
         with contextlib.suppress(FileNotFoundError):
           os.remove(path)

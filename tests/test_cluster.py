@@ -126,6 +126,8 @@ def test_the_command_runs_an_array_here_and_merges(idx_dir, tmp_path):
     (['--num_shards=2', '--workdir=W'], '--max_models=auto is decided by each task'),
     (['--num_shards=2', '--workdir=W', '--max_models=2', '--epochs=0'], 'epochs=0'),
     (['--num_shards=2', '--workdir=W', '--max_models=2', '--nowait'], '--cluster=local --nowait'),
+    (['--num_shards=2', '--workdir=W', '--max_models=2', '--distributed'],
+     '--distributed joins processes'),
 ])
 def test_the_launcher_answers_bad_input_with_one_line(args, message, tmp_path):
   args = [a.replace('=W', f'={tmp_path / "w"}') for a in args]

@@ -79,3 +79,11 @@ def test_a_file_naming_this_pid_that_no_lock_here_holds_is_stale(tmp_path, file_
   (tmp_path / '.lock.held').write_text(f'{socket.gethostname()} {os.getpid()}')
   with Lock(str(tmp_path / '.lock'), 'the workdir'):
     assert (tmp_path / '.lock.held').exists()
+
+
+def test_two_spellings_of_one_lock_path_still_exclude(tmp_path, file_locks, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with Lock('.lock', 'the workdir'):
+    with pytest.raises(Locked):
+      with Lock(str(tmp_path / '.lock'), 'the workdir'):
+        pass

@@ -53,8 +53,13 @@ def _start(idx_dir, workdir, logs):
 
 
 def _finish(procs, logs):
-  for p in procs:
-    p.wait(timeout=600)
+  try:
+    for p in procs:
+      p.wait(timeout=600)
+  finally:
+    for p in procs:  # never left running after a failure
+      if p.poll() is None:
+        p.kill()
   return [p.returncode for p in procs], [(logs / f'{i}.txt').read_text() for i in range(2)]
 
 
@@ -69,12 +74,14 @@ def test_two_processes_train_the_sweep_of_one_and_resume(idx_dir, tmp_path):
   # finishes, waits for it, and its merge lists what is missing.
   procs = _start(idx_dir, workdir, logs)
   start = time.monotonic()
-  while '] epoch 2/' not in (logs / '1.txt').read_text():
-    assert time.monotonic() - start < 300 and procs[1].poll() is None, (
-        (logs / '1.txt').read_text())
-    time.sleep(0.05)
-  procs[1].send_signal(signal.SIGTERM)
-  codes, outputs = _finish(procs, logs)
+  try:
+    while '] epoch 2/' not in (logs / '1.txt').read_text():
+      assert time.monotonic() - start < 300 and procs[1].poll() is None, (
+          (logs / '1.txt').read_text())
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+  finally:
+    codes, outputs = _finish(procs, logs)
   assert codes == [1, 130], outputs
   assert 'process 0 of 2: shard 0' in outputs[0] and 'process 1 of 2: shard 1' in outputs[1]
   assert '2 of 4 runs finished' in outputs[0] and 'whole sweep' not in outputs[1]
@@ -92,9 +99,11 @@ def test_two_processes_train_the_sweep_of_one_and_resume(idx_dir, tmp_path):
       'results.shard-0-of-2.jsonl', 'results.shard-1-of-2.csv', 'results.shard-1-of-2.jsonl']
 
 
-@pytest.mark.parametrize('extra, message', [(['--num_shards=2', '--workdir=W'],
-                                             'neither --num_shards'),
-                                            ([], 'give --workdir')])
+@pytest.mark.parametrize('extra, message', [
+    (['--num_shards=2', '--workdir=W'], 'neither --num_shards'),
+    ([], 'give --workdir'),
+    (['--workdir=W'], '--distributed needs an integer --max_models'),
+])
 def test_distributed_needs_a_workdir_and_no_shard_flags(extra, message, tmp_path):
   args = [a.replace('=W', f'={tmp_path}') for a in extra]
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), '--distributed', *args],
