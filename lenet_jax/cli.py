@@ -212,8 +212,8 @@ def stopped(error: BaseException, workdir: str | None) -> int:
   if isinstance(error, KeyboardInterrupt):
     kept = ('every finished run is in {w} (under --distributed groups are not '
             'checkpointed: an interrupted one trains again from its first epoch)'
-            if FLAGS['distributed'].value else 'every finished run and epoch checkpoint '
-            'is in {w}')
+            if 'distributed' in FLAGS and FLAGS.distributed
+            else 'every finished run and epoch checkpoint is in {w}')
     where = (f'; {kept.format(w=workdir)}: run the same command again to resume' if workdir
              else ' (no --workdir, so nothing was kept)')
     print(f'\ninterrupted{where}.', file=sys.stderr)
