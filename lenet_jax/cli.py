@@ -224,13 +224,19 @@ def stopped(error: BaseException, workdir: str | None) -> int:
   return 1
 
 
+def extra_arguments(argv) -> bool:
+  """Says so (one line) if absl left arguments that are not flags."""
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.',
+          file=sys.stderr)
+  return len(argv) > 1
+
+
 def main(argv) -> int:
   """Runs what the flags ask for; returns the exit status."""
   # pylint: disable=import-outside-toplevel
   from lenet_jax import arch, runs, sweep as sweep_lib
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.',
-          file=sys.stderr)
+  if extra_arguments(argv):
     return 2
   try:
     _check_run_flags()

@@ -195,9 +195,7 @@ def submit(argv: Sequence[str], fv=flags.FLAGS):
 
 
 def main(argv) -> int:
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.',
-          file=sys.stderr)
+  if cli.extra_arguments(argv):
     return 2
   try:
     _check(flags.FLAGS)

@@ -378,15 +378,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   out = fv.out or os.path.join(workdirs[0], runs.REPORT_DIR)
   try:
     rows, fields = load_sweeps(workdirs)
-    planned, unfinished = 0, []
+    planned, unfinished, unknown_plans = 0, [], []
     for workdir in workdirs:
       mine = [r for r in rows if r['workdir'] == workdir]
       try:
         count, missing = unfinished_runs(workdir, mine)
-      except ValueError:
+      except ValueError as e:
         if not fv.allow_incomplete:
           raise
         count, missing = len(mine), []  # the plan is not known: report what is there
+        unknown_plans.append(f'{workdir}: {str(e).split("; give --allow_incomplete")[0]}; '
+                             'this report covers the runs that finished, whatever was '
+                             'planned.')
       planned, unfinished = planned + count, unfinished + [
           f'{m} (in {workdir})' if len(workdirs) > 1 else m for m in missing]
     if unfinished and not fv.allow_incomplete:
@@ -399,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    shlex.join(['python', '-m', 'lenet_jax.report', *argv]),
                    planned, tuple(unfinished))
     report = build(rows, fields, opts)
+    report.notes[:0] = unknown_plans  # said first, since it bounds every table
     text = write(report, out, fv.margin, fv.metric)
   except ValueError as e:
     return _fail(str(e))

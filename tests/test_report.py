@@ -425,6 +425,20 @@ def test_planned_runs_are_matched_as_the_sweep_resolved_them(tmp_path):
       4, ['validation_size=5000 seed 0'])
 
 
+def test_a_plan_that_cannot_be_expanded_is_said_in_the_report(sweep_dir, tmp_path):
+  workdir = tmp_path / 'old'
+  shutil.copytree(sweep_dir, workdir)
+  recorded = json.loads((workdir / 'sweep.json').read_text())
+  recorded['axes']['model.channels'] = [[4, 8], [4, 8]]  # not a sweep expand accepts
+  (workdir / 'sweep.json').write_text(json.dumps(recorded))
+  args = [str(workdir), '--baseline=channels=4,8;learning_rate=1e-3', f'--out={tmp_path / "o"}']
+  assert report.main(args) == 2
+  assert report.main(args + ['--allow_incomplete']) == 0
+  text = (tmp_path / 'o' / 'report.md').read_text()
+  assert 'does not describe a sweep this version can expand' in text
+  assert 'this report covers the runs that finished, whatever was planned' in text
+
+
 def test_help_lists_the_flags(capsys):
   assert report.main(['--help']) == 0
   text = capsys.readouterr().out
