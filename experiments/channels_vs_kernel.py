@@ -45,7 +45,6 @@ METHOD = ('Two families of the note\'s network with \'same\' padding in both blo
           'compared with 5x5 at 6 -> 16, (c) with the gap 5x5 at 6 -> 16.')
 TRAINS = True
 REFERENCE = 'k5 6->16'
-HEADLINE = ('k3 6->16', 'k9 6->16', 'k1 6->16')
 
 KERNELS = (1, 3, 5, 7, 9)
 NOTE_CONV_PARAMS = 2572
@@ -101,6 +100,17 @@ def contrasts(labels):
   gap = [protocol.Contrast(l, GAP_REFERENCE) for l in labels
          if l.startswith('gap') and l != GAP_REFERENCE]
   return flatten + gap
+
+
+FAMILIES = (protocol.Family(
+    'Q4', 'How does the number of channels relate to the kernel size?',
+    'No law ties them; they trade through cost (k^2 c_in c_out weights). Expected at the '
+    'note\'s widths: 3x3 and 7x7 equivalent to 5x5 within the margin, 1x1 (no neighbours) '
+    'lower, 9x9 lower or equivalent. At a matched conv budget and with a global-average-'
+    'pooling head matched on parameters or FLOPs: no prediction of the sign (the earlier '
+    'study\'s gap arms were not converged, so it could not say).',
+    tuple(contrasts([a.label for a in arms(False)])),
+    primary=('k3 6->16 - k5 6->16', 'k9 6->16 - k5 6->16')),)
 
 
 def analyse(ctx):

@@ -46,7 +46,6 @@ METHOD = ('The note\'s network with the default recipe, trained normally (the re
 TRAINS = True
 KEEP_PARAMS = (0,)  # seed 0's final parameters, for the kernel and feature-map plots
 REFERENCE = 'all layers learned'
-HEADLINE = ('conv1 frozen at random init',)
 
 ARMS = {'all layers learned': {},
         'conv1 frozen at random init': {'optim.frozen': ('block1_conv1',)},
@@ -56,6 +55,14 @@ ARMS = {'all layers learned': {},
 def arms(quick):
   del quick
   return [protocol.Arm(label, overrides) for label, overrides in ARMS.items()]
+
+
+FAMILIES = (protocol.Family(
+    'Q7', 'Need the kernels be known in advance?',
+    'No: they start random and training learns them. Expected: freezing conv1 at its random '
+    'start, or both conv layers, lowers test accuracy against learning every layer.',
+    tuple(protocol.Contrast(label, REFERENCE) for label in ARMS if label != REFERENCE),
+    primary=('conv1 frozen at random init - all layers learned',)),)
 
 
 def initial_params(cfg):
@@ -144,7 +151,7 @@ the figure) and gradient descent moves them by the amount above (bottom row).
 Against learning every layer, freezing conv1 at its random start is
 {ctx.words('conv1 frozen at random init')}, and freezing both conv layers is
 {ctx.words('both convs frozen at random init')} in test accuracy (Holm-corrected,
-margin +-{100 * ctx.margin:g} points).'''
+{ctx.margin_words()}).'''
   return [('First-layer kernels, before and after training (seed 0)',
            f'![{kernels_png}]({kernels_png})'),
           ('First-layer feature maps of three test images (conv output before the activation)',

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from experiments import preregistration
 from experiments import protocol
 from experiments import training
 from experiments import verdicts
@@ -49,53 +50,55 @@ class RunStatus:
 
 
 def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None = None,
-        command: str = '', epochs: int | None = None, check: bool = False,
+        command: str = '', patience: int | None = None, check: bool = False,
         max_minutes: float | None = None, say: Callable[[str], None] = print) -> RunStatus:
   """Runs (or resumes) one experiment; writes report.md when every run has finished.
 
-  `check`: only the HEADLINE arms and their references (the headline checks
-  at `epochs` or on other data). `max_minutes`: stop after the group in
+  `check`: only the arms of the primary comparisons (the budget check with
+  `patience`, or the other-data check). `max_minutes`: stop after the group in
   progress once that long has passed (progress.md instead of the report).
+  Full mode starts only under its committed pre-registration (`preregistration`).
   """
   start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
   base_cfg = module.base(quick) if hasattr(module, 'base') else protocol.base(quick)
   if data_overrides:
     base_cfg = config_lib.override(base_cfg, data_overrides)
-  if epochs is not None:
-    base_cfg = config_lib.override(base_cfg, {'epochs': epochs})
+  if patience is not None:  # the budget check: the cap grows with the patience
+    cap = protocol.QUICK_EPOCHS + 1 if quick else protocol.MAX_EPOCHS * patience // protocol.PATIENCE
+    base_cfg = config_lib.override(base_cfg, {'patience': patience, 'epochs': max(cap, 1)})
   arms = list(module.arms(quick))
   labels = [a.label for a in arms]
-  if check:
-    headline = getattr(module, 'HEADLINE', ())
-    if not headline:
-      raise ValueError(f'{module.NAME} declares no HEADLINE comparisons to check; run it '
-                       'without --epochs and --dataset.')
-    wanted = {c.arm for c in protocol.contrasts_of(module, labels) if c.arm in headline}
-    wanted |= {c.reference for c in protocol.contrasts_of(module, labels) if c.arm in headline}
+  if check:  # the primary comparisons' arms only
+    wanted = {label for c in protocol.primary_contrasts(module) for label in (c.arm, c.reference)}
+    if not wanted:
+      raise ValueError(f'{module.NAME} declares no comparisons to check; run it without '
+                       '--patience and --dataset.')
     arms = [a for a in arms if a.label in wanted]
   if quick:
     arms = arms[:protocol.QUICK_ARMS]
   labels = [a.label for a in arms]
+  families = protocol.families_of(module, labels)
   command = command or (f'python -m experiments {module.NAME}' + (' --quick' if quick else ''))
-  margin = getattr(module, 'MARGIN', protocol.MARGIN)
+  os.makedirs(workdir, exist_ok=True)
+  registration = None
+  if module.TRAINS and not quick:
+    registration = preregistration.check_and_record(module, workdir)
   dataset, rows, plan, tuning, trained = None, [], [], None, 0
   if module.TRAINS:
     dataset = data_lib.load(base_cfg.data)
     if quick:
       dataset = protocol.quick_subset(dataset)
-    seeds = protocol.QUICK_SEEDS if quick else protocol.FULL_SEEDS
-    tune_seeds = protocol.QUICK_TUNE_SEEDS if quick else protocol.TUNE_SEEDS
-    tuning = seeds[:tune_seeds]
+    tuning = protocol.QUICK_TUNING_SEEDS if quick else protocol.TUNING_SEEDS
+    reported = protocol.QUICK_REPORT_SEEDS if quick else protocol.REPORT_SEEDS
     extra = module.extra(dataset) if hasattr(module, 'extra') else None
     grids = {a.label: a.grid(base_cfg, quick) for a in arms}
-    group_size = len(seeds) * max(len(g) for g in grids.values())
+    group_size = len(reported) + len(tuning) * max(len(g) for g in grids.values())
     chosen: dict[str, float] = {}
     with workdir_lib.sweep_lock(workdir):
-      while True:  # tune (extending grids past winning edges), then the other seeds
-        plan = protocol.make_plan(arms, base_cfg, seeds, tune_seeds, dataset, quick, grids,
+      while True:  # tune (extending grids past winning edges), then the report seeds
+        plan = protocol.make_plan(arms, base_cfg, tuning, reported, dataset, quick, grids,
                                   chosen)
-        total = sum(protocol.planned_total(arms, base_cfg, seeds, tune_seeds, quick,
+        total = sum(protocol.planned_total(arms, base_cfg, tuning, reported, quick,
                                            grids).values())
         left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
         rows, just_trained = training.train_plan(plan, dataset, workdir,
@@ -108,16 +111,18 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
           break
         grids, chosen = state
     if len(rows) < len(plan) or state != (grids, chosen):  # runs left, or tuning not done
-      totals = protocol.planned_total(arms, base_cfg, seeds, tune_seeds, quick, state[0])
+      totals = protocol.planned_total(arms, base_cfg, tuning, reported, quick, state[0])
       text = writeup.write_progress(module, workdir, totals, rows, command)
       say(f'partial: {len(rows)} of {sum(totals.values())} runs; run the same command again '
           f'to continue (progress in {os.path.join(workdir, "progress.md")})')
       return RunStatus(text, False, len(rows), sum(totals.values()))
   selected = verdicts.select_rates(arms, rows, tuning) if rows else {}
-  outcomes = (verdicts.compare_contrasts(protocol.contrasts_of(module, labels), selected,
-                                         margin) if rows else [])
+  margin = _margin(module, base_cfg, selected, dataset, labels)
+  outcomes = (verdicts.compare_families(families, selected, margin,
+                                        correct=training.correct_loader(workdir))
+              if rows else [])
   ctx = verdicts.Context(quick, workdir, dataset, arms, base_cfg, rows, selected, outcomes,
-                         margin)
+                         margin, families, registration)
   sections = module.analyse(ctx)
   text = writeup.write_report(ctx, module, sections, command, time.perf_counter() - start,
                               check, training.stray_runs(workdir, plan), trained)
@@ -125,3 +130,16 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
   if os.path.exists(progress):
     os.remove(progress)
   return RunStatus(text, True, len(rows), len(plan))
+
+
+def _margin(module, base_cfg, selected, dataset, labels) -> float | None:
+  """The module's margin on Fashion-MNIST; elsewhere `protocol.margin_for` the reference
+  arm's mean test error there."""
+  margin = getattr(module, 'MARGIN', protocol.MARGIN)
+  if base_cfg.data.dataset == 'fashion_mnist' or dataset is None:
+    return margin
+  ref = selected.get(protocol.reference(module, labels))
+  accuracies = [r['test_acc'] for r in (ref.ok() if ref else []) if r.get('test_acc') is not None]
+  if not accuracies:
+    return None
+  return protocol.margin_for(1 - sum(accuracies) / len(accuracies), len(dataset.test_images))

@@ -7,8 +7,11 @@ and trained again, as sweeps do) and stops after the group in progress once
 parameters (`runs.write_params`, for `KEEP_PARAMS` seeds; `load_result` reads
 them back) and its extra metrics (`runs.write_extra`); a run missing a file its
 experiment needs counts as unfinished. `stray_runs` names run directories
-outside the plan, which are never read.
+outside the plan, which are never read. The study reports each run's best model on
+validation (`reported`, `best_model`): its kept parameters and extra metrics are that
+model's.
 """
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +46,32 @@ def _finished(workdir: str, run: protocol.Planned, fingerprint: str,
       return None
     row.update(values)
   row['arm'] = run.arm
+  return reported(row)
+
+
+def reported(row: dict[str, Any]) -> dict[str, Any]:
+  """A results row as the study reports it: `val_acc`, `test_acc` (and losses) are those
+  of the run's best model on validation (its `best_*` values); the last epoch's are kept
+  as `last_*`."""
+  row = dict(row)
+  for key in ('val_loss', 'val_acc', 'test_loss', 'test_acc'):
+    row[f'last_{key}'] = row.get(key)
+    row[key] = row.get(f'best_{key}')
   return row
+
+
+def best_model(res: loop.RunResult) -> loop.RunResult:
+  """`res` with its best-on-validation model as its parameters: the model the study
+  reports, and the one its extra metrics and kept parameters come from."""
+  if res.best is None:
+    return res
+  return dataclasses.replace(res, params=res.best['params'],
+                             model_state=res.best['model_state'])
+
+
+def correct_loader(workdir: str) -> Callable[[dict[str, Any]], Any]:
+  """row -> the run's per-example test correctness (its best model's), None if not kept."""
+  return lambda row: runs.read_test_correct(workdir, row['run_id'])
 
 
 def load_result(workdir: str, cfg: Config) -> loop.RunResult:
@@ -65,7 +93,7 @@ def train_plan(plan: Sequence[protocol.Planned], dataset: data_lib.Dataset, work
                keep_params: Sequence[int] = (),
                extra: Callable[[loop.RunResult], dict[str, float]] | None = None,
                max_minutes: float | None = None,
-               group_size: int = len(protocol.FULL_SEEDS) * 3,
+               group_size: int = len(protocol.REPORT_SEEDS) + 3 * len(protocol.TUNING_SEEDS),
                say: Callable[[str], None] = print,
                total: int | None = None) -> tuple[list[dict[str, Any]], int]:
   """Trains the runs of `plan` that have not finished; returns the rows of those that
@@ -95,9 +123,12 @@ def train_plan(plan: Sequence[protocol.Planned], dataset: data_lib.Dataset, work
   arm_of = {run.run_id: run.arm for run in plan}
   order = {run.run_id: i for i, run in enumerate(plan)}
   ordered = lambda: sorted(rows.values(), key=lambda r: order[r['run_id']])
-  epochs = plan[0].config.epochs if plan else 0
+  cfg = plan[0].config if plan else None
+  epochs = cfg.epochs if cfg else 0
   say(f'{len(plan)} runs ({len(plan) - len(todo)} already finished in {workdir}); '
-      f'{epochs} epochs each')
+      + (f'{epochs} epochs each' if cfg is None or cfg.patience is None else
+         f'each until {cfg.patience} epochs without a better validation accuracy, at most '
+         f'{epochs}'))
   # Groups of the whole plan, so a group (and its checkpoint) is the same
   # whichever of its runs have finished; only the unfinished ones train.
   unfinished = {run.run_id for run in todo}
@@ -106,12 +137,14 @@ def train_plan(plan: Sequence[protocol.Planned], dataset: data_lib.Dataset, work
   batches = [(whole, members) for whole, members in batches if members]
   trained_epochs, trained_seconds, trained_runs = 0, 0.0, 0
   for g, (whole, members) in enumerate(batches, start=1):
-    group_start = time.monotonic()
+    group_start, group_epochs = time.monotonic(), 0
     checkpoints = runs.group_dir(workdir, whole)
     for res in loop.train_group(members, dataset, checkpoint_dir=checkpoints,
                                 run_ids=[run_id(c) for c in members],
                                 checkpoint_every=CHECKPOINT_EVERY_SECONDS, say=say):
       row = runs.write_run(workdir, res)
+      group_epochs += len(res.history)
+      res = best_model(res)
       if res.config.seed in keep_params:
         runs.write_params(workdir, res.config, jax.device_get(res.params))
       if extra is not None:
@@ -119,23 +152,23 @@ def train_plan(plan: Sequence[protocol.Planned], dataset: data_lib.Dataset, work
         runs.write_extra(workdir, res.config, values)
         row.update(values)
       row['arm'] = arm_of[row['run_id']]
-      rows[row['run_id']] = row
+      rows[row['run_id']] = reported(row)
     runs.write_results(workdir, ordered())
     shutil.rmtree(checkpoints, ignore_errors=True)  # every run of the group is written
     trained_runs += len(members)
-    trained_epochs += len(members) * epochs
+    trained_epochs += group_epochs
     trained_seconds += time.monotonic() - group_start
-    per_epoch = trained_seconds / trained_epochs
+    per_run = trained_seconds / trained_runs  # a plateau rule stops runs at different epochs
     everything = max(total or 0, len(plan))
     left = everything - len(rows)
     arm = arm_of[run_id(members[0])]
-    say(f'[{g}/{len(batches)}] {arm}: {len(members)} runs in '
+    say(f'[{g}/{len(batches)}] {arm}: {len(members)} runs ({group_epochs} epochs) in '
         f'{time.monotonic() - group_start:.0f}s; {len(rows)} of {everything} done')
     if g == 1:
-      say(f'estimate: the whole experiment is {everything} runs x {epochs} epochs x '
-          f'{per_epoch:.2f} s per run-epoch (measured on {arm}; arms differ) = '
-          f'{_hours(everything * epochs * per_epoch)} on this machine')
-    say(f'about {_hours(left * epochs * per_epoch)} of training left')
+      say(f'estimate: the whole experiment is {everything} runs x {per_run:.0f} s per run '
+          f'({trained_epochs / trained_runs:.1f} epochs; measured on {arm}; arms differ) = '
+          f'{_hours(everything * per_run)} on this machine')
+    say(f'about {_hours(left * per_run)} of training left')
     if max_minutes is not None and time.monotonic() - start >= 60 * max_minutes:
       break
   if rows:

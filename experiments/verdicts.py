@@ -11,8 +11,10 @@ against the margin; `lenet_jax.stats.compare` has the rules.
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from experiments import protocol
 from experiments import training
@@ -20,6 +22,7 @@ from lenet_jax import config as config_lib
 from lenet_jax import data as data_lib
 from lenet_jax import loop
 from lenet_jax import report as report_lib
+from lenet_jax import bootstrap
 from lenet_jax import stats
 from lenet_jax.workdir import atomic_write
 from lenet_jax.config import Config
@@ -33,16 +36,6 @@ class Named(report_lib.Group):
   @property
   def label(self) -> str:
     return self.name
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-  contrast: protocol.Contrast
-  result: report_lib.Result | None  # None: an arm without a selected rate
-
-  @property
-  def comparison(self) -> stats.Comparison | None:
-    return self.result.comparison if self.result else None
 
 
 def _rate(x: float) -> float:
@@ -90,10 +83,10 @@ def select_rates(arms: Sequence[protocol.Arm], rows: Sequence[dict[str, Any]],
   """Per arm, the learning rate with the best mean validation accuracy over the tuning seeds.
 
   `report.tune`'s rule: only rates that finished on every tuning seed are
-  eligible. Each returned group holds the arm's runs at the chosen rate, on
-  every seed (`chosen` is None, and `runs` empty, when no rate is eligible),
-  and every rate's tuning runs in `candidates`. `tune_seeds` None: every seed
-  tunes.
+  eligible. Each returned group holds the arm's runs at the chosen rate on the
+  other seeds, the reported ones (`chosen` is None, and `runs` empty, when no
+  rate is eligible), and every rate's tuning runs in `candidates`. `tune_seeds`
+  None: every seed tunes, and every seed is reported.
   """
   tuning = [r for r in rows if tune_seeds is None or r['seed'] in tune_seeds]
   groups = []
@@ -107,8 +100,8 @@ def select_rates(arms: Sequence[protocol.Arm], rows: Sequence[dict[str, Any]],
   selected = {}
   for g in report_lib.tune(groups, protocol.LR, 'val_acc'):
     label = g.values['arm']
-    runs = ([r for r in rows if r['arm'] == label and r[protocol.LR] == g.chosen[protocol.LR]]
-            if g.chosen else [])
+    runs = ([r for r in rows if r['arm'] == label and r[protocol.LR] == g.chosen[protocol.LR]
+             and (tune_seeds is None or r['seed'] not in tune_seeds)] if g.chosen else [])
     selected[label] = Named(g.values, runs, g.chosen, g.candidates, name=label)
   return selected
 
@@ -119,21 +112,74 @@ def _metric_group(group: Named, metric: str, name: str) -> Named:
   return Named(group.values, runs, group.chosen, name=name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  contrast: protocol.Contrast
+  result: report_lib.Result | None  # None: an arm without a selected rate
+  family: protocol.Family | None = None
+
+  @property
+  def comparison(self) -> stats.Comparison | None:
+    return self.result.comparison if self.result else None
+
+
+def _without_equivalence(comparison: stats.Comparison) -> stats.Comparison:
+  """A comparison whose data cannot resolve the margin: difference verdicts only."""
+  different = comparison.verdict.startswith(stats.DIFFERENT)
+  return dataclasses.replace(comparison, verdict=stats.DIFFERENT if different
+                             else stats.INCONCLUSIVE)
+
+
+def _test(contrast: protocol.Contrast, pairing, a: Named, b: Named, correct):
+  """The paired test of one contrast: a bootstrap over seeds and test images for test
+  accuracy when every paired run kept its per-example correctness, else a paired t."""
+  if contrast.metric == (contrast.reference_metric or contrast.metric) == 'test_acc':
+    if correct is not None:
+      ours = {r['seed']: r for r in a.ok()}
+      theirs = {r['seed']: r for r in b.ok()}
+      bits_a = [correct(ours[s]) for s in pairing.seeds]
+      bits_b = [correct(theirs[s]) for s in pairing.seeds]
+      if all(x is not None for x in bits_a + bits_b):
+        return bootstrap.paired_bootstrap(np.stack(bits_a), np.stack(bits_b))
+  return stats.paired_t(pairing.values, pairing.baseline_values)
+
+
+def compare_families(families: Sequence[protocol.Family], selected: dict[str, Named],
+                     margin: float | None, alpha: float = protocol.ALPHA,
+                     correct: Callable[[dict[str, Any]], np.ndarray | None] | None = None
+                     ) -> list[Outcome]:
+  """Paired tests of every contrast at each arm's selected rate, Holm-corrected family by
+  family. `correct(row)`: a run's per-example test correctness (None if not kept).
+  `margin` None: no equivalence verdicts (the data cannot resolve one)."""
+  out = []
+  for family in families:
+    pairings, tests = {}, {}
+    for c in family.contrasts:
+      a, b = selected[c.arm], selected[c.reference]
+      if a.chosen and b.chosen:
+        pairing = report_lib.pair(_metric_group(a, c.metric, c.label),
+                                  _metric_group(b, c.reference_metric or c.metric, c.label),
+                                  'value')
+        pairings[c] = pairing
+        if len(pairing.seeds) >= 2:
+          tests[c] = _test(c, pairing, a, b, correct)
+    testable = list(tests)
+    compared = (stats.compare([tests[c] for c in testable], margin or 1.0, alpha)
+                if testable else [])
+    if margin is None:
+      compared = [_without_equivalence(x) for x in compared]
+    comparisons = dict(zip(testable, compared))
+    out += [Outcome(c, report_lib.Result(pairings[c], comparisons.get(c)) if c in pairings
+                    else None, family) for c in family.contrasts]
+  return out
+
+
 def compare_contrasts(contrasts: Sequence[protocol.Contrast], selected: dict[str, Named],
                       margin: float, alpha: float = protocol.ALPHA) -> list[Outcome]:
-  """Paired tests of every contrast at each arm's selected rate, corrected together."""
-  pairings = {}
-  for c in contrasts:
-    a, b = selected[c.arm], selected[c.reference]
-    if a.chosen and b.chosen:
-      pairings[c] = report_lib.pair(_metric_group(a, c.metric, c.label),
-                                    _metric_group(b, c.reference_metric or c.metric, c.label),
-                                    'value')
-  testable = [c for c, p in pairings.items() if len(p.seeds) >= 2]
-  tests = [stats.paired_t(pairings[c].values, pairings[c].baseline_values) for c in testable]
-  comparisons = dict(zip(testable, stats.compare(tests, margin, alpha))) if tests else {}
-  return [Outcome(c, report_lib.Result(pairings[c], comparisons.get(c)) if c in pairings
-                  else None) for c in contrasts]
+  """Paired t tests of `contrasts` as one family (no per-example data)."""
+  family = protocol.Family('', '', '', tuple(contrasts))
+  return [dataclasses.replace(o, family=None)
+          for o in compare_families([family], selected, margin, alpha)]
 
 
 def points(x: float) -> str:
@@ -159,6 +205,10 @@ def plain_words(outcome: Outcome, margin: float) -> str:
   comp = outcome.comparison
   if comp is None:
     return 'not compared'
+  if margin is None:  # no equivalence test on these data
+    if comp.verdict == stats.DIFFERENT:
+      return 'higher' if comp.test.estimate > 0 else 'lower'
+    return 'not shown different (equivalence not assessed on these data)'
   m = f'{100 * margin:g} points'
   if comp.verdict == stats.DIFFERENT:
     return 'higher' if comp.test.estimate > 0 else 'lower'
@@ -190,8 +240,14 @@ class Context:
   base_config: Config  # the recipe every arm overrides, with this run's epochs and data
   rows: list[dict[str, Any]]  # every run, every rate, with 'arm'
   selected: dict[str, Named]  # arm label -> its runs at the chosen rate
-  outcomes: list[Outcome]  # the experiment's comparisons, Holm-corrected together
-  margin: float = protocol.MARGIN
+  outcomes: list[Outcome]  # the experiment's comparisons, Holm-corrected family by family
+  margin: float | None = protocol.MARGIN  # None: no equivalence verdicts on these data
+  families: list[protocol.Family] = dataclasses.field(default_factory=list)
+  registration: dict[str, Any] | None = None  # the pre-registration the runs started under
+
+  def margin_words(self) -> str:
+    return (f'margin +-{100 * self.margin:.3g} points' if self.margin
+            else 'no equivalence margin on these data')
 
   def by_arm(self, key: str) -> dict[str, list[float]]:
     """arm label -> `key` over the finished runs at the arm's selected rate."""
@@ -261,13 +317,36 @@ def write_verdicts(ctx: Context) -> None:
       out[o.contrast.label] = {'verdict': o.comparison.verdict,
                                'estimate': o.comparison.test.estimate,
                                'interval': list(o.comparison.interval),
-                               'seeds': len(o.result.pairing.seeds)}
-  atomic_write(os.path.join(ctx.workdir, VERDICTS_FILE), json.dumps(out, indent=2))
+                               'level': o.comparison.level,
+                               'test': type(o.comparison.test).__name__,
+                               'family': o.family.question if o.family else None,
+                               'seeds': len(o.result.pairing.seeds),
+                               'runs': paired_run_ids(o, ctx.selected)}
+  atomic_write(os.path.join(ctx.workdir, VERDICTS_FILE),
+               json.dumps({'margin': ctx.margin, 'comparisons': out}, indent=2))
+
+
+def paired_run_ids(outcome: Outcome, selected: dict[str, Named]) -> list[list[str]]:
+  """[arm's run id, reference's run id] per paired seed of `outcome`."""
+  c = outcome.contrast
+  ours = {r['seed']: r['run_id'] for r in selected[c.arm].ok()}
+  theirs = {r['seed']: r['run_id'] for r in selected[c.reference].ok()}
+  return [[ours[s], theirs[s]] for s in outcome.result.pairing.seeds]
+
+
+def read_verdicts(workdir: str) -> dict[str, Any] | None:
+  """A finished experiment's verdicts ({'margin', 'comparisons': {label: ...}}), or None."""
+  try:
+    with open(os.path.join(workdir, VERDICTS_FILE)) as f:
+      found = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return found if 'comparisons' in found else None  # older files: not this protocol's
 
 
 def check_workdirs(workdir: str, name: str, quick: bool) -> dict[str, str]:
-  """Where the headline checks of the experiment in `workdir` write: title -> workdir."""
+  """Where the checks of the experiment in `workdir` write: title -> workdir."""
   parent, suffix = os.path.dirname(os.path.abspath(workdir)), '-quick' if quick else ''
-  epochs, dataset = protocol.CHECK_EPOCHS, protocol.CHECK_DATASET
-  return {f'{epochs} epochs': os.path.join(parent, f'{name}-{epochs}ep{suffix}'),
+  patience, dataset = protocol.CHECK_PATIENCE, protocol.CHECK_DATASET
+  return {f'patience {patience}': os.path.join(parent, f'{name}-patience{patience}{suffix}'),
           dataset: os.path.join(parent, f'{name}-{dataset}{suffix}')}

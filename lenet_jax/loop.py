@@ -58,6 +58,10 @@ class RunResult:
   model_state: Any = None  # final non-trainable collections (batch statistics), host arrays
   # The model of the best validation accuracy: {'params', 'model_state'} (host arrays)
   best: Any = None
+  # Per test example (in the data's test order), whether that best model's top
+  # class is the label: bool, shape (n_test,); its mean is the best epoch's
+  # test_acc. None for a diverged run (and without kept models or test split).
+  test_correct: np.ndarray | None = None
   # The data it trained on (source, split sizes) and how (group mode, conv
   # implementation, backend): recorded in its results row.
   facts: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -187,6 +191,7 @@ class _Program:
   tx: Any
   init: Callable  # stacked seeds -> (stacked initial states, stacked data keys)
   epochs: dict = dataclasses.field(default_factory=dict)  # (width, shapes...) -> Compiled
+  correct: dict = dataclasses.field(default_factory=dict)  # the same keys -> Compiled
 
 
 # Programs of the architectures trained in this process, most recent last; a
@@ -244,6 +249,41 @@ def _host_rows(tree, count: int) -> list:
   return [jax.tree.map(lambda x: x[i], host) for i in range(count)]
 
 
+def _test_correct(program: _Program, fn_key, states, bests, test, base: Config,
+                  shard_models=None):
+  """Per test example, whether the best model is right (train.correct_each): of one
+  run, or of every slot of a stacked group (`shard_models` its sharding), on the device.
+
+  The test split in the eval batch size and, stacked, at the group's width and
+  over its devices: the shapes its epoch program evaluated, compiled once per
+  program and group shape.
+  """
+  state = states.replace(params=bests['params'], model_state=bests['model_state'],
+                         opt_state=None, key=None)
+  images, labels = test
+  if fn_key not in program.correct:
+    if shard_models is None:
+      fn = train.correct_each.lower(state, images, labels, batch_size=base.eval_batch_size)
+    elif shard_models.mesh.size > 1:
+      fn = train.correct_each_over_devices(shard_models.mesh, base.eval_batch_size).lower(
+          state, images, labels)
+    else:
+      fn = train.correct_each_many.lower(state, images, labels, base.eval_batch_size)
+    program.correct[fn_key] = fn.compile()
+  return program.correct[fn_key](state, images, labels)
+
+
+def _check_test_correct(res: RunResult) -> None:
+  """Warns where the best model's per-example answers do not count to its best
+  epoch's test accuracy (a compiler that rounds its two programs differently)."""
+  bits = res.test_correct
+  want = round(res.history[res.best_epoch - 1]['test_acc'] * len(bits))
+  if int(bits.sum()) != want:
+    logging.warning('run %s: its best model answers %d of %d test examples right here, '
+                    'but %d in its best epoch\'s evaluation', config_lib.run_id(res.config),
+                    int(bits.sum()), len(bits), want)
+
+
 def train_group(configs: list[Config], dataset: Dataset,
                 on_epoch: Callable[[int, list[RunResult]], bool | None] | None = None,
                 keep_params: bool = True, vmap: bool | None = None,
@@ -265,6 +305,9 @@ def train_group(configs: list[Config], dataset: Dataset,
   after every epoch), at the end, on SIGUSR1, and on SIGINT/SIGTERM, which
   then end training with KeyboardInterrupt once the epoch in progress is done
   (a second signal ends it at once).
+  `keep_params`: give each result its final and best models (host arrays) and
+  the best model's per-example test correctness (`RunResult.test_correct`: one
+  forward pass over the test split per run that did not diverge, after training).
   `say`: progress lines (compilation).
   """
   configs = [with_input_shape(c, dataset) for c in configs]
@@ -444,6 +487,21 @@ def train_group(configs: list[Config], dataset: Dataset,
                                                precision=base.model.precision),
            'precision_used': model_lib.precision_used(base.model.precision),
            'backend': jax.default_backend()}
+  scored = [i for i, res in enumerate(results) if res.status != 'diverged' and res.history]
+  if keep_params and 'test' in splits and scored:
+    start = time.perf_counter()
+    if stacked:
+      members = _test_correct(program, fn_key, states, bests, splits['test'], base,
+                              shard_models)[:count]
+    else:
+      members = {i: _test_correct(program, fn_key, states[i], bests[i], splits['test'], base)
+                 for i in scored}
+    members = jax.device_get(members)
+    for i in scored:
+      results[i].test_correct = np.asarray(members[i], bool)
+      _check_test_correct(results[i])
+    logging.info('per-example test correctness of %d run(s): %.2fs', len(scored),
+                 time.perf_counter() - start)
   if keep_params:
     final_arrays = arrays()
     finals = _host_rows(final_arrays['state'], count)

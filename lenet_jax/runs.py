@@ -15,6 +15,11 @@ use the same layout):
   runs/<run_id>/best_variables.msgpack  and the one of the best validation accuracy
                                 (flax.serialization msgpack)
   runs/<run_id>/metrics.jsonl   one JSON line per epoch
+  runs/<run_id>/test_correct.bits  per test example, whether the best model on
+                                validation is right (`read_test_correct`): an
+                                8-byte little-endian count n, then the n bits
+                                (np.packbits, big-endian within a byte, zero
+                                padded); not for a diverged run
   runs/<run_id>/tensorboard/    event files: scalars per epoch and the hyperparameters
   runs/<run_id>/params.msgpack  an experiment's kept final parameters (`write_params`)
   runs/<run_id>/extra.json      an experiment's extra metrics of the run (`write_extra`)
@@ -50,10 +55,12 @@ import io
 import json
 import os
 import shutil
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from flax import serialization
 
 from lenet_jax import arch
@@ -70,10 +77,11 @@ RUNS_DIR, GROUPS_DIR, REPORT_DIR = 'runs', 'groups', 'report'
 CONFIG_FILE, METRICS_FILE, FINAL_FILE = 'config.json', 'metrics.jsonl', 'final.json'
 TENSORBOARD_DIR = 'tensorboard'
 PARAMS_FILE, EXTRA_FILE = 'params.msgpack', 'extra.json'  # written by the experiments
+TEST_CORRECT_FILE = 'test_correct.bits'  # written by write_run (RunResult.test_correct)
 ARCHIVE_FILE = 'runs.jsonl.gz'
 # What `pack` keeps of a run: its text files as they are, its binary ones in base64.
 PACKED_FILES = (CONFIG_FILE, METRICS_FILE, FINAL_FILE, EXTRA_FILE)
-PACKED_BINARY = (PARAMS_FILE,)
+PACKED_BINARY = (PARAMS_FILE, TEST_CORRECT_FILE)
 
 
 def group_dir(workdir: str, members: Sequence[Config]) -> str:
@@ -211,7 +219,8 @@ def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False,
   """Writes a finished run's files; final.json last, since it marks the run done.
 
   `models`: its final and best models too (variables.msgpack,
-  best_variables.msgpack), from `res.params` and `res.best`.
+  best_variables.msgpack), from `res.params` and `res.best`. The best model's
+  per-example test correctness (`res.test_correct`) goes to test_correct.bits.
   """
   run_dir = os.path.join(workdir, RUNS_DIR, run_id(res.config))
   os.makedirs(run_dir, exist_ok=True)
@@ -229,6 +238,11 @@ def write_run(workdir: str, res: loop.RunResult, tensorboard: bool = False,
                             'params': res.best['params'], **res.best['model_state']})):
       if model:
         atomic_write(os.path.join(run_dir, name), serialization.msgpack_serialize(model))
+  bits_path = os.path.join(run_dir, TEST_CORRECT_FILE)
+  if res.test_correct is not None:
+    atomic_write(bits_path, encode_bits(res.test_correct))
+  elif os.path.exists(bits_path):  # an earlier run's, never this one's
+    os.remove(bits_path)
   row = result_row(res)
   if tensorboard:
     summaries.write_run(os.path.join(run_dir, TENSORBOARD_DIR), res.history, row)
@@ -487,6 +501,38 @@ def read_extra(workdir: str, cfg: Config) -> dict[str, float] | None:
     return None if data is None else json.loads(data)
   except ValueError:
     return None
+
+
+def encode_bits(bits) -> bytes:
+  """test_correct.bits: the count (8 bytes, little-endian), then np.packbits(bits)."""
+  bits = np.asarray(bits, bool).reshape(-1)
+  return struct.pack('<Q', len(bits)) + np.packbits(bits).tobytes()
+
+
+def decode_bits(data: bytes) -> np.ndarray:
+  """The bool array `encode_bits` wrote; ValueError if `data` is not one."""
+  if len(data) < 8:
+    raise ValueError(f'{len(data)} bytes, too short for the 8-byte count')
+  [count] = struct.unpack('<Q', data[:8])
+  if len(data) != 8 + -(-count // 8):
+    raise ValueError(f'{len(data) - 8} bytes of bits for a count of {count}')
+  return np.unpackbits(np.frombuffer(data, np.uint8, offset=8), count=count).astype(bool)
+
+
+def read_test_correct(workdir: str, cfg_or_run_id: Config | str) -> np.ndarray | None:
+  """Per test example (in the data's test order), whether the run's best model on
+  validation is right: a bool array whose mean is the row's best_test_acc. None
+  for a run without one (diverged, unfinished, or written before it was kept).
+  From the run's directory or its packed copy."""
+  rid = cfg_or_run_id if isinstance(cfg_or_run_id, str) else run_id(cfg_or_run_id)
+  data = read_run_file(workdir, rid, TEST_CORRECT_FILE)
+  if data is None:
+    return None
+  try:
+    return decode_bits(data)
+  except ValueError as e:
+    raise Unreadable(f'{os.path.join(workdir, RUNS_DIR, rid, TEST_CORRECT_FILE)} cannot be '
+                     f'read ({e})') from None
 
 
 # ----------------------------------------------------------------------------

@@ -22,6 +22,8 @@ differ only in seed or numeric hyperparameters train in one program.
 `epoch_and_evaluate` (and `_many`) is what the training loop runs: an epoch,
 the evaluation of every split and the best-on-validation record, in one
 program, so a group costs one compilation and one host sync per epoch.
+`correct_each` (and `_many`) is `evaluate`'s forward pass kept per example:
+whether each example's top class is its label.
 """
 import functools
 from typing import Any
@@ -172,9 +174,35 @@ def _evaluate(state: TrainState, images, labels, batch_size: int):
   return totals
 
 
+def _correct_each(state: TrainState, images, labels, batch_size: int):
+  """Per example of `images`: whether the model's top class is its label (bool, (n,)).
+
+  The forward pass of `_evaluate`: the same padded batches of `batch_size`, the
+  model called as `eval_step` calls it (evaluation mode, batch norm with its
+  running statistics, images scaled by `to_float`), so the count of True is
+  `_evaluate`'s 'correct' for the same state.
+  """
+  n = images.shape[0]
+  batches = -(-n // batch_size)
+  pad = batches * batch_size - n
+  images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
+  labels = jnp.pad(labels, (0, pad))
+  mode = steps.mode_kwargs(steps.model_call(state.apply_fn), 'auto', training=False)
+
+  def body(carry, batch):
+    variables = {'params': state.params, **state.model_state}
+    logits = state.apply_fn(variables, to_float(batch['image']), **mode)
+    return carry, jnp.argmax(logits, -1) == batch['label']
+
+  reshape = lambda x: x.reshape(batches, batch_size, *x.shape[1:])
+  _, right = jax.lax.scan(body, None, {'image': reshape(images), 'label': reshape(labels)})
+  return right.reshape(-1)[:n]
+
+
 train_epoch = jax.jit(_train_epoch, donate_argnums=0,
                       static_argnames=('batch_size', 'batch_sharding', 'augment_shift'))
 evaluate = jax.jit(_evaluate, static_argnames='batch_size')
+correct_each = jax.jit(_correct_each, static_argnames='batch_size')
 
 
 def _select(keep_new, new, old):
@@ -244,6 +272,20 @@ train_epoch_many = jax.jit(_train_epoch_many, static_argnames=('batch_size', 'au
                            donate_argnums=0)
 evaluate_many = jax.jit(jax.vmap(_evaluate, in_axes=(0, None, None, None)),
                         static_argnums=3)
+
+
+correct_each_many = jax.jit(jax.vmap(_correct_each, in_axes=(0, None, None, None)),
+                            static_argnums=3)
+
+
+def correct_each_over_devices(mesh, batch_size: int):
+  """`correct_each_many` over models split along `mesh`'s 'models' axis, each
+  device its own models (as `many_over_devices`); arguments without the batch size."""
+  models, shared = PartitionSpec('models'), PartitionSpec()
+  fn = jax.vmap(functools.partial(_correct_each, batch_size=batch_size),
+                in_axes=(0, None, None))
+  return jax.jit(jax.shard_map(fn, mesh=mesh, check_vma=False,
+                               in_specs=(models, shared, shared), out_specs=models))
 
 
 def many_over_devices(mesh, batch_size: int, eval_batch_size: int, augment_shift: int = 0):

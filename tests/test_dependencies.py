@@ -1,6 +1,13 @@
 """One list of dependencies: requirements.txt names every package the code and the tests
 import, install.sh installs that list and nothing else, and pyproject.toml's
-dependencies and extras name the same packages."""
+dependencies and extras name the same packages.
+
+A package whose declared dependencies must not be installed (animal-mnist: only
+its data files are read, and it declares the full tensorflow) is on a
+`#no-deps NAME==VERSION --hash=...` line of requirements.txt, a comment to pip
+(which takes no per-requirement --no-deps); install.sh installs those lines
+with `pip install --no-deps`, and pyproject.toml names none of them (an extra
+would install their dependencies)."""
 import ast
 import importlib.metadata
 import os
@@ -26,6 +33,15 @@ def _name(requirement: str) -> str:
 def requirements() -> set[str]:
   with open(os.path.join(ROOT, 'requirements.txt')) as f:
     return {_name(line) for line in f if line.strip() and not line.startswith('#')}
+
+
+NO_DEPS = '#no-deps '
+
+
+def no_deps_requirements() -> list[str]:
+  """requirements.txt's `#no-deps` lines, without the marker."""
+  with open(os.path.join(ROOT, 'requirements.txt')) as f:
+    return [line[len(NO_DEPS):].strip() for line in f if line.startswith(NO_DEPS)]
 
 
 def _python_files():
@@ -75,5 +91,25 @@ def test_pyproject_names_the_same_packages():
 
 def test_install_sh_installs_requirements_txt_and_nothing_else():
   with open(os.path.join(ROOT, 'install.sh')) as f:
-    installs = [line for line in f if 'pip install' in line and not line.startswith('#')]
-  assert len(installs) == 1 and '-r requirements.txt' in installs[0], installs
+    text = f.read()
+  installs = [line for line in text.splitlines() if 'pip install' in line
+              and not line.lstrip().startswith('#')]
+  assert len(installs) == 2 and '-r requirements.txt' in installs[0], installs
+  # The second reads requirements.txt's #no-deps lines, and only those, from stdin.
+  assert f"sed -n 's/^{NO_DEPS}//p' requirements.txt |\n" in text, text
+  assert installs[1].strip().endswith('--no-deps -r /dev/stdin'), installs
+
+
+def test_no_deps_lines_are_pinned_hashed_and_installed():
+  lines = no_deps_requirements()
+  assert lines, 'requirements.txt has no #no-deps line (animal-mnist)'
+  for line in lines:
+    match = re.fullmatch(r'([A-Za-z0-9_.-]+)==(\S+) --hash=sha256:[0-9a-f]{64}', line)
+    assert match, f'{line!r}: expected NAME==VERSION --hash=sha256:HEX'
+    name, version = match.groups()
+    assert _name(name) not in requirements(), f'{name} is on a normal line too'
+    try:
+      installed = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      continue  # not installed here: the tests that need it skip
+    assert installed == version, f'{name} {installed} is installed, requirements.txt pins {version}'

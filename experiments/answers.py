@@ -1,0 +1,173 @@
+"""The answers table: one row per question of the note, generated from the reports.
+
+  python -m experiments.answers          # rewrites the table in README.md
+  python -m experiments.answers --check  # exit 1 if README.md's table is not what this writes
+
+Each trained row shows the family's primary comparisons from the experiment's
+verdicts.json (its effect, Holm interval and verdict), the budget rule and data
+it was measured under, whether it held in each check, and a link to the report.
+A family whose experiment has not finished under the pre-registered protocol says
+so, and claims nothing. The questions answered analytically (shapes) are computed
+from `lenet_jax.arch`. Below the table, the robustness counts, computed here from
+every check's verdicts.
+"""
+import importlib
+import os
+import sys
+
+from experiments import EXPERIMENTS
+from experiments import protocol
+from experiments import verdicts
+from lenet_jax import arch
+from lenet_jax.config import ModelConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, 'experiments', 'results')
+README = os.path.join(ROOT, 'README.md')
+BEGIN, END = '<!-- answers:begin -->', '<!-- answers:end -->'
+SUPERSEDED = '33b43d5'  # the last commit holding the earlier (15-epoch, last-epoch) study
+
+
+def _points(x: float) -> str:
+  return f'{100 * x:+.2f}'
+
+
+def _analytic_rows() -> list[list[str]]:
+  """Questions 1 and 3, from the shape arithmetic (experiments/shapes.py)."""
+  note = arch.trace(ModelConfig(activation='sigmoid'))
+  flat = next(l for l in note if l.kind == 'flatten')
+  dense1 = next(l for l in note if l.name == 'dense1')
+  total = arch.totals(ModelConfig(activation='sigmoid'))['params']
+  conv2 = next(l for l in note if l.name == 'block2_conv1').out_shape
+  link = '[shapes](experiments/results/shapes/report.md)'
+  return [
+      ['Q1', 'Why do the maps shrink and thicken?',
+       'Unpadded convs (k - 1 pixels) and 2x2 pooling shrink them; depth grows only because '
+       'each layer is given more kernels.', 'analytic', '-', 'any', link],
+      ['Q3', 'How does the conv output map onto the dense layer?',
+       f'Flatten: {conv2[2]} x {flat.out_shape[0] // conv2[2]} = {flat.out_shape[0]} inputs; '
+       f'dense1 has {dense1.params:,} of the {total:,} parameters '
+       f'({100 * dense1.params / total:.0f}%).', 'analytic', '-', 'any', link]]
+
+
+def _words(v: dict, margin: float | None) -> str:
+  if v['verdict'] == 'different':
+    return 'higher' if v['estimate'] > 0 else 'lower'
+  if v['verdict'].startswith('different, but'):
+    return ('higher' if v['estimate'] > 0 else 'lower') + f' by < {100 * margin:g} pt'
+  if v['verdict'].startswith('equivalent'):
+    return f'equivalent (+-{100 * margin:g} pt)'
+  return 'inconclusive'
+
+
+def _check_cell(label: str, checks: dict[str, dict | None], main: dict) -> tuple[str, dict]:
+  """Where the verdict holds, and per check: True (holds), False, or None (not run)."""
+  held = {}
+  for title, found in checks.items():
+    there = (found or {}).get('comparisons', {}).get(label)
+    if there is None:
+      held[title] = None
+    else:
+      same = there['verdict'] == main['verdict'] and (
+          not main['verdict'].startswith('different')
+          or (there['estimate'] > 0) == (main['estimate'] > 0))
+      held[title] = same
+  parts = ['Fashion-MNIST'] + [
+      f'{title}: {"holds" if ok else "does not hold" if ok is False else "not run"}'
+      for title, ok in held.items()]
+  return '; '.join(parts), held
+
+
+def rows_and_counts() -> tuple[list[list[str]], dict[str, int]]:
+  rows = _analytic_rows()
+  counts = {'primary': 0, 'checked_all': 0, 'hold_all': 0}
+  per_check: dict[str, list[int]] = {}
+  for name in EXPERIMENTS:
+    module = importlib.import_module(f'experiments.{name}')
+    if not module.TRAINS:
+      continue
+    workdir = os.path.join(RESULTS, name)
+    found = verdicts.read_verdicts(workdir)
+    checks = {title: verdicts.read_verdicts(d)
+              for title, d in verdicts.check_workdirs(workdir, name, False).items()}
+    link = f'[{name}](experiments/results/{name}/report.md)'
+    for family in protocol.families_of(module):
+      title = family.title + (' *(post hoc)*' if family.post_hoc else '')
+      if found is None:
+        rows.append([family.question, title, 'Not yet answered: re-running under the '
+                     f'pre-registered protocol (the superseded study: `git show {SUPERSEDED}:'
+                     f'experiments/results/{name}/report.md`).', '-', '-', '-',
+                     f'[pre-registration](experiments/preregistration/{name}.md)'])
+        continue
+      answers, effects, verdict_cells, where = [], [], [], []
+      for c in family.primary_contrasts():
+        v = found['comparisons'].get(c.label)
+        if v is None:
+          answers.append(f'{c.label}: not compared')
+          continue
+        counts['primary'] += 1
+        lo, hi = v['interval']
+        answers.append(f'{c.label}: {_words(v, found["margin"])}')
+        effects.append(f'{_points(v["estimate"])} [{_points(lo)}, {_points(hi)}]')
+        verdict_cells.append(v['verdict'])
+        cell, held = _check_cell(c.label, checks, v)
+        where.append(cell)
+        for check_title, ok in held.items():
+          per_check.setdefault(check_title, [0, 0])
+          if ok is not None:
+            per_check[check_title][0] += 1
+            per_check[check_title][1] += bool(ok)
+        if all(ok is not None for ok in held.values()):
+          counts['checked_all'] += 1
+          counts['hold_all'] += all(held.values())
+      rows.append([family.question, title, '; '.join(answers), '; '.join(effects),
+                   '; '.join(verdict_cells), ' / '.join(where), link])
+  rows.sort(key=lambda row: (row[0][0] != 'Q', row[0]))  # the note's questions, then its claims
+  for check_title, (checked, held) in per_check.items():
+    counts[f'checked:{check_title}'] = checked
+    counts[f'held:{check_title}'] = held
+  return rows, counts
+
+
+def table() -> str:
+  rows, counts = rows_and_counts()
+  header = ['', 'question', 'answer', 'effect, points [Holm CI]', 'verdict',
+            'measured on; checks', 'report']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(cell.replace('|', '/') for cell in row) + ' |' for row in rows]
+  checks = [k.split(':', 1)[1] for k in counts if k.startswith('checked:')]
+  tally = [f'{counts[f"held:{c}"]} of {counts[f"checked:{c}"]} checked hold under {c}'
+           for c in checks]
+  lines += ['', f'Robustness (computed by `python -m experiments.answers` from every check\'s '
+            f'verdicts): {counts["primary"]} primary verdicts'
+            + (f'; {"; ".join(tally)}; {counts["hold_all"]} of {counts["checked_all"]} hold in '
+               'every check' if tally else '; no check has run yet') + '.']
+  return '\n'.join(lines)
+
+
+def replaced(readme: str, generated: str) -> str:
+  if BEGIN not in readme or END not in readme:
+    raise ValueError(f'README.md has no {BEGIN} ... {END} block to fill.')
+  head, rest = readme.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  return f'{head}{BEGIN}\n{generated}\n{END}{tail}'
+
+
+def main(argv) -> int:
+  with open(README) as f:
+    readme = f.read()
+  new = replaced(readme, table())
+  if '--check' in argv:
+    if new != readme:
+      print('README.md\'s answers table is not what `python -m experiments.answers` writes; '
+            'run it and commit the result.', file=sys.stderr)
+      return 1
+    return 0
+  with open(README, 'w') as f:
+    f.write(new)
+  print(f'wrote the answers table into {README}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
