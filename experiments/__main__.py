@@ -3,7 +3,7 @@
   python -m experiments channel_growth                     # -> experiments/results/channel_growth/
   python -m experiments channel_growth --max_minutes=50    # stop after ~50 min; rerun to continue
   python -m experiments channel_growth --patience=10       # budget check -> channel_growth-patience10/
-  python -m experiments channel_growth --dataset=mnist_5k  # other-data check -> channel_growth-mnist_5k/
+  python -m experiments channel_growth --dataset=animal_mnist  # other-data check -> channel_growth-animal_mnist/
   python -m experiments channel_growth --quick             # a pipeline check -> channel_growth-quick/
   python -m experiments channel_growth --preregister       # writes experiments/preregistration/channel_growth.md
 """

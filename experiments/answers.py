@@ -25,7 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, 'experiments', 'results')
 README = os.path.join(ROOT, 'README.md')
 BEGIN, END = '<!-- answers:begin -->', '<!-- answers:end -->'
-SUPERSEDED = '33b43d5'  # the last commit holding the earlier (15-epoch, last-epoch) study
 
 
 def _points(x: float) -> str:
@@ -94,9 +93,8 @@ def rows_and_counts() -> tuple[list[list[str]], dict[str, int]]:
     for family in protocol.families_of(module):
       title = family.title + (' *(post hoc)*' if family.post_hoc else '')
       if found is None:
-        rows.append([family.question, title, 'Not yet answered: re-running under the '
-                     f'pre-registered protocol (the superseded study: `git show {SUPERSEDED}:'
-                     f'experiments/results/{name}/report.md`).', '-', '-', '-',
+        rows.append([family.question, title, 'Pending: not yet run under its '
+                     'pre-registration.', '-', '-', '-',
                      f'[pre-registration](experiments/preregistration/{name}.md)'])
         continue
       answers, effects, verdict_cells, where = [], [], [], []

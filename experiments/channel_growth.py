@@ -4,20 +4,20 @@ A grid over the two conv layers' channel counts (growing, constant and
 shrinking schedules), plus growing/constant/shrinking at a matched conv
 parameter budget (6->16, 10->10, 16->6 all have about 2,600-2,800 conv
 parameters). The rest is the note's network with the default recipe.
-Full mode: 10 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
-= 160 runs, 3 more per grid extended
-(docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
+Full mode: 10 arms x (3 rates x 3 tuning seeds + 10 report seeds) = 190 runs, 3 more
+per grid extension; each run trains at a constant rate until its validation accuracy has
+not improved for 5 epochs (at most 50) and reports its best-on-validation model
+(experiments/protocol.py). Resumable, e.g. in pieces of 50 minutes:
   python -m experiments channel_growth --max_minutes=50
+The checks train the primary comparisons' 4 arms only: --patience=10 and
+--dataset=animal_mnist (docs/experiments.md#the-checks).
 
-Expected runtime (docs/experiments.md:147-148,162-165; the 2-core CPU machine, at times
-shared with the test suite, so upper bounds): 190 runs as run (ten grid extensions),
-26 + 108 minutes wall in two invocations; the report sums 117.1 minutes of the runs'
-own compile and training time (experiments/results/channel_growth/report.md:126).
+Expected runtime: not yet measured under this protocol; the first group prints an
+estimate for the whole experiment on the machine at hand.
 
-Result (experiments/results/channel_growth/report.md:45-53): growing 6 -> 16, constant
-10 -> 10 and shrinking 16 -> 6 are equivalent within +-0.5 points (16 -> 6 -0.05,
-10 -> 10 +0.16 points); width helps, 16 -> 32 being 0.93 points better than 6 -> 16,
-while 6 -> 6 and every arm with 3 first-layer channels are lower (all "different").
+Result: not yet re-run under the pre-registered protocol
+(experiments/preregistration/channel_growth.md); the superseded study's result is in git
+history at 33b43d5 (`git show 33b43d5:experiments/results/channel_growth/report.md`).
 """
 import os
 

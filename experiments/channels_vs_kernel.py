@@ -4,22 +4,20 @@ Kernel sizes 1, 3, 5, 7, 9 at the note's widths (6, 16), and the same kernel
 sizes with the widths rescaled so that the two conv layers hold about as many
 parameters as the note's (2,572). 'same' padding everywhere, so every kernel
 size gives the same map sizes (28 -> 14 -> 7) and the same dense layers.
-Full mode: 14 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
-= 224 runs, 3 more per grid extended
-(docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
+Full mode: 14 arms x (3 rates x 3 tuning seeds + 10 report seeds) = 266 runs, 3 more
+per grid extension; each run trains at a constant rate until its validation accuracy has
+not improved for 5 epochs (at most 50) and reports its best-on-validation model
+(experiments/protocol.py). Resumable, e.g. in pieces of 50 minutes:
   python -m experiments channels_vs_kernel --max_minutes=50
+The checks train the primary comparisons' 3 arms only: --patience=10 and
+--dataset=animal_mnist (docs/experiments.md#the-checks).
 
-Expected runtime (docs/experiments.md:147-148,157-161; the 2-core CPU machine): 272 runs
-as run (16 grid extensions), about 100 + 24 minutes wall in two invocations on an
-otherwise idle machine and 5.7 more for the 9 runs of three further extensions; the
-report sums 132.2 minutes of the runs' own compile and training time
-(experiments/results/channels_vs_kernel/report.md:149).
+Expected runtime: not yet measured under this protocol; the first group prints an
+estimate for the whole experiment on the machine at hand.
 
-Result (experiments/results/channels_vs_kernel/report.md:53-64): at 6 -> 16, 3x3 and 7x7
-are equivalent to 5x5 within +-0.5 points (+0.03, -0.17 points) while 9x9 (-0.42) and
-1x1 (-3.77) are lower; at the note's conv parameter budget 3x3 with 10 -> 27 is 0.42
-points above the 5x5, but the four global-average-pooling controls, which remove the
-flatten-width confound, are all inconclusive.
+Result: not yet re-run under the pre-registered protocol
+(experiments/preregistration/channels_vs_kernel.md); the superseded study's result is in git
+history at 33b43d5 (`git show 33b43d5:experiments/results/channels_vs_kernel/report.md`).
 """
 import os
 

@@ -1,25 +1,21 @@
 """The note's checkable claims: sum vs mean in the convolution, ReLU vs sigmoid vs a
 real normalisation (batch norm), and max vs average vs no pooling under small shifts.
 
-Full mode: 14 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
-= 224 runs, 3 more per grid extended
-(docs/experiments.md gives the study's wall time; the no-pooling arm is the slow one); resumable,
-e.g. in pieces of 50 minutes:
+Full mode: 14 arms x (3 rates x 3 tuning seeds + 10 report seeds) = 266 runs, 3 more
+per grid extension; each run trains at a constant rate until its validation accuracy has
+not improved for 5 epochs (at most 50) and reports its best-on-validation model
+(experiments/protocol.py). Resumable, e.g. in pieces of 50 minutes:
   python -m experiments claims --max_minutes=50
+The checks train the primary comparisons' 7 arms only: --patience=10 and
+--dataset=animal_mnist (docs/experiments.md#the-checks).
 
-Expected runtime (docs/experiments.md:147-156; the 2-core CPU machine, idle): 287 runs as
-run (21 grid extensions) in three invocations: 215 runs in the first
-(--max_minutes=130), 48 in about 21 minutes, the last 24 in 10 minutes; the report sums
-134.0 minutes of the runs' own compile and training time
-(experiments/results/claims/report.md:189), 39.7 of them the no-pool arm's 19 runs.
+Expected runtime: not yet measured under this protocol (the no-pooling arm is the
+slow one); the first group prints an estimate for the whole experiment on the machine
+at hand.
 
-Result (experiments/results/claims/report.md:56-67): a mean conv is a reparametrised
-sum, compensated (init x25, lr x25) with Adam equivalent to it within +-0.5 points
-(+0.09 points; with SGD at 2.7 inconclusive, -0.22) and uncompensated lower (-0.54
-with Adam, -78.44 with SGD); ReLU, an activation, is 1.68 points above sigmoid and
-batch norm with ReLU is equivalent to none (+0.09), while on unshifted images average
-against max pooling is inconclusive (+0.34), no pooling 0.44 points better and stride-2
-convs 1.00 worse.
+Result: not yet re-run under the pre-registered protocol
+(experiments/preregistration/claims.md); the superseded study's result is in git
+history at 33b43d5 (`git show 33b43d5:experiments/results/claims/report.md`).
 """
 import functools
 

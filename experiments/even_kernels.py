@@ -5,20 +5,20 @@ The m = 2d + 1 arithmetic as a table; then kernels 2, 3, 4, 5 trained with
 even kernels) and the shift this introduces: analytically (where each
 output's window is centred) and empirically (test accuracy with the test
 images moved one pixel in each direction).
-Full mode: 4 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
-= 64 runs, 3 more per grid extended
-(docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
+Full mode: 4 arms x (3 rates x 3 tuning seeds + 10 report seeds) = 76 runs, 3 more
+per grid extension; each run trains at a constant rate until its validation accuracy has
+not improved for 5 epochs (at most 50) and reports its best-on-validation model
+(experiments/protocol.py). Resumable, e.g. in pieces of 50 minutes:
   python -m experiments even_kernels --max_minutes=50
+The checks train the primary comparisons' 3 arms only: --patience=10 and
+--dataset=animal_mnist (docs/experiments.md#the-checks).
 
-Expected runtime (docs/experiments.md:147-148,170-172; the 2-core CPU machine): 64 runs,
-32 minutes wall in one invocation; the report sums 29.2 minutes of the runs' own
-compile and training time (experiments/results/even_kernels/report.md:137).
+Expected runtime: not yet measured under this protocol; the first group prints an
+estimate for the whole experiment on the machine at hand.
 
-Result (experiments/results/even_kernels/report.md:33-43): 4x4 and 5x5 are equivalent to
-3x3 within +-0.5 points (+0.01, -0.03 points) and 2x2 is inconclusive (-0.24); under
-one-pixel shifts of the test images the even kernels show no asymmetry (each
-down-vs-up and right-vs-left difference inconclusive or equivalent), while the odd 3x3
-and 5x5 lose less moving the image down than up (+0.50, +0.46 points, "different").
+Result: not yet re-run under the pre-registered protocol
+(experiments/preregistration/even_kernels.md); the superseded study's result is in git
+history at 33b43d5 (`git show 33b43d5:experiments/results/even_kernels/report.md`).
 """
 from experiments import evaluation
 from experiments import protocol

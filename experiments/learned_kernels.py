@@ -4,20 +4,20 @@ The first layer's kernels at initialisation and after training, as images; the
 feature maps of a few test images; how far training moves the kernels; and
 what learning them is worth: the same network with the first conv layer (or
 both conv layers) frozen at its random initialisation.
-Full mode: 3 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
-= 48 runs, 3 more per grid extended
-(see docs/experiments.md for the study's wall time); resumable, e.g. in pieces of 50 minutes:
+Full mode: 3 arms x (3 rates x 3 tuning seeds + 10 report seeds) = 57 runs, 3 more
+per grid extension; each run trains at a constant rate until its validation accuracy has
+not improved for 5 epochs (at most 50) and reports its best-on-validation model
+(experiments/protocol.py). Resumable, e.g. in pieces of 50 minutes:
   python -m experiments learned_kernels --max_minutes=50
+The checks train the primary comparisons' 2 arms only: --patience=10 and
+--dataset=animal_mnist (docs/experiments.md#the-checks).
 
-Expected runtime (docs/experiments.md:147-148,173-175; the 2-core CPU machine): 60 runs
-as run (four grid extensions), 36 minutes wall in two invocations (28.6 + 7.1); the
-report sums 28.5 minutes of the runs' own compile and training time
-(experiments/results/learned_kernels/report.md:85).
+Expected runtime: not yet measured under this protocol; the first group prints an
+estimate for the whole experiment on the machine at hand.
 
-Result (experiments/results/learned_kernels/report.md:31-32,50-51): training moves the
-first layer's kernels by 1.10 +- 0.29 of their initial norm; freezing conv1 at its
-random start costs 0.71 points and freezing both conv layers 3.17 points (both
-"different").
+Result: not yet re-run under the pre-registered protocol
+(experiments/preregistration/learned_kernels.md); the superseded study's result is in git
+history at 33b43d5 (`git show 33b43d5:experiments/results/learned_kernels/report.md`).
 """
 import os
 

@@ -121,8 +121,9 @@ def text(module) -> str:
 
 
 def registered_part(document: str) -> str:
-  """What is fixed before the results: everything above the post hoc section."""
-  return document.split(POST_HOC_HEADING)[0]
+  """What is fixed before the results: everything above the post hoc section (its trailing
+  blank lines aside, so that adding the section leaves it, and its digest, as it was)."""
+  return document.split(POST_HOC_HEADING)[0].rstrip() + '\n'
 
 
 def digest(document: str) -> str:

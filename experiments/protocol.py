@@ -6,7 +6,7 @@ The budget rule (full mode): every run trains at a constant learning rate until
 its validation accuracy has not improved for `PATIENCE` epochs (at most
 `MAX_EPOCHS`), and the model reported is its best on validation (the earliest of
 ties), never the last epoch's. A run that reaches the cap without that plateau
-is flagged as not converged. The budget check trains the headline arms again
+is flagged as not converged. The budget check trains the primary comparisons' arms again
 with `CHECK_PATIENCE` (twice the patience, twice the cap): it tests whether a
 verdict depends on where the plateau rule stopped, and since the reported model
 is the best on validation, not whether a longer run overfits.
@@ -164,8 +164,9 @@ def families_of(module, labels: Sequence[str] | None = None) -> list[Family]:
 
 
 def primary_contrasts(module) -> list[Contrast]:
-  """The contrasts the answers table shows and the checks repeat, family by family."""
-  return [c for f in families_of(module) for c in f.primary_contrasts()]
+  """The contrasts the checks repeat: the primary ones of the families declared before
+  any result (a post hoc family is reported, not checked), family by family."""
+  return [c for f in families_of(module) if not f.post_hoc for c in f.primary_contrasts()]
 
 
 def contrasts_of(module, labels: Sequence[str]) -> list[Contrast]:

@@ -7,13 +7,16 @@ and `analyse(ctx)` (the report's own sections, written from `ctx`'s verdicts).
 `METHOD` says what is particular to the experiment; a training experiment's
 report appends `protocol`, the shared budget, tuning and statistics.
 Optional: `REFERENCE` (the arm the others are compared with; default the
-first), `contrasts(labels)` (the comparisons, default every arm against the
-reference on test accuracy), `MARGIN` (the equivalence margin, declared before
-running), `HEADLINE` (arm labels whose comparison is also checked at 30 epochs
-and on mnist_5k), `extra(dataset)` (more metrics per run, from its final
-parameters, computed when the run finishes), `KEEP_PARAMS` (the seeds whose
-final parameters are kept on disk, for analyses that plot them) and `base(quick)`
-(its own recipe in place of `protocol.base`).
+first), `FAMILIES` (its comparisons, one `protocol.Family` per question it
+answers, with hypotheses and primary comparisons; default one family of every
+arm against the reference on test accuracy), `MARGIN` (the equivalence margin,
+declared before running), `extra(dataset)` (more metrics per run, from its
+reported model, computed when the run finishes), `KEEP_PARAMS` (the seeds whose
+reported parameters are kept on disk, for analyses that plot them) and
+`base(quick)` (its own recipe in place of `protocol.base`). A training
+experiment's full mode starts only under its committed pre-registration
+(`preregistration`); the checks (`patience`, other data) train the arms of
+its primary comparisons.
 
 `run` trains only the runs that have not finished (`training`), stops after
 the group in progress once `max_minutes` have passed, and writes report.md only

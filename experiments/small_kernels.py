@@ -4,21 +4,21 @@ The note's argument: for the same receptive field, smaller stacked kernels need
 fewer parameters and less compute; 1x1 does not grow the receptive field.
 Every arm keeps the note's map sizes (28 -> 28 -> 14 -> 10 -> 5) except 1x1,
 which cannot shrink 14 to 10 without padding tricks and keeps 14 -> 7.
-Full mode: 9 arms x (3 rates x 3 tuning seeds + 7 seeds) x 15 epochs
-= 144 runs, 3 more per grid extended
-(docs/experiments.md gives the study's wall time); resumable, e.g. in pieces of 50 minutes:
+Full mode: 9 arms x (3 rates x 3 tuning seeds + 10 report seeds) = 171 runs, 3 more
+per grid extension; each run trains at a constant rate until its validation accuracy has
+not improved for 5 epochs (at most 50) and reports its best-on-validation model
+(experiments/protocol.py). Resumable, e.g. in pieces of 50 minutes:
   python -m experiments small_kernels --max_minutes=50
+The checks train the primary comparisons' 5 arms only: --patience=10 and
+--dataset=animal_mnist (docs/experiments.md#the-checks). Its gap-head pair (Q5b) is
+declared post hoc; its pre-registration says why.
 
-Expected runtime (docs/experiments.md:147-148,166-169; the 2-core CPU machine): 171 runs
-as run; the report sums 73.6 minutes of the runs' own compile and training time
-(experiments/results/small_kernels/report.md:126); the whole study's wall time is not
-recorded (the gap-head pair's first 44 runs took 11.8 minutes as one piece).
+Expected runtime: not yet measured under this protocol; the first group prints an
+estimate for the whole experiment on the machine at hand.
 
-Result (experiments/results/small_kernels/report.md:43-50): two stacked 3x3 per block
-beat one 5x5 by 0.61 points, but with no activation between them they are equivalent
-to it (+0.20), so the gain is the extra non-linearity (+0.41 points), not the smaller
-kernel; with a global-average-pooling head one 3x3 per block is 2.27 points below one
-5x5, and 1x1 convs lose 3.30 points.
+Result: not yet re-run under the pre-registered protocol
+(experiments/preregistration/small_kernels.md); the superseded study's result is in git
+history at 33b43d5 (`git show 33b43d5:experiments/results/small_kernels/report.md`).
 """
 import os
 
@@ -113,7 +113,7 @@ def _dense_params(ctx, label) -> str:
 
 
 def _gap_sentence(ctx) -> str:
-  """The gap-head pair's verdict, or that the pair was not run (the headline checks skip it)."""
+  """The gap-head pair's verdict, or that the pair was not run (the checks skip it)."""
   if not set(GAP_PAIR) <= {a.label for a in ctx.arms}:
     return 'The global-average-pooling pair is not run in this mode.'
   return (f'With a global-average-pooling head, which gives both the same dense layers '

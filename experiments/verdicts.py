@@ -1,15 +1,18 @@
 """What the runs say: each arm's learning rate chosen on validation (its grid
 extended past a winning edge), the paired comparisons and their verdicts, their
 wording, the `Context` an experiment's `analyse` reads, and the verdicts file
-the headline checks compare.
+the checks and the answers table read.
 
 Each comparison pairs runs of the same seed (same data order and, where
-shapes match, the same initialisation): a paired t test on
-the per-seed differences, Holm across the experiment's comparisons, and TOST
-against the margin; `lenet_jax.stats.compare` has the rules.
+shapes match, the same initialisation): test accuracy by a paired bootstrap over
+seeds and test images (`lenet_jax.bootstrap`, from each run's per-example
+correctness), other metrics by a paired t test on the per-seed differences;
+Holm within each family, and TOST against the margin; `lenet_jax.stats.compare`
+has the rules.
 """
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -124,10 +127,13 @@ class Outcome:
 
 
 def _without_equivalence(comparison: stats.Comparison) -> stats.Comparison:
-  """A comparison whose data cannot resolve the margin: difference verdicts only."""
+  """A comparison whose data cannot resolve the margin: difference verdicts only, and no
+  equivalence figures (those `compare` computed against a placeholder margin)."""
   different = comparison.verdict.startswith(stats.DIFFERENT)
   return dataclasses.replace(comparison, verdict=stats.DIFFERENT if different
-                             else stats.INCONCLUSIVE)
+                             else stats.INCONCLUSIVE, p_equivalent=math.nan,
+                             p_equivalent_holm=math.nan, equivalence_level=math.nan,
+                             equivalence_interval=(math.nan, math.nan))
 
 
 def _test(contrast: protocol.Contrast, pairing, a: Named, b: Named, correct):
@@ -307,7 +313,7 @@ def tally(ctx: Context, outcomes: Sequence[Outcome]) -> str:
                    for words, labels in groups.items())
 
 
-VERDICTS_FILE = 'verdicts.json'  # a finished experiment's verdicts, for the headline checks
+VERDICTS_FILE = 'verdicts.json'  # a finished experiment's verdicts, for checks and answers
 
 
 def write_verdicts(ctx: Context) -> None:

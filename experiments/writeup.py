@@ -1,5 +1,5 @@
 """The write-up: report.md (question, method, the standard sections on tuning,
-arms, paired comparisons, plots and headline checks, the experiment's own
+arms, paired comparisons by family, plots and checks, the experiment's own
 sections, how to reproduce it), progress.md while runs are left, and the
 tables and plots an experiment's `analyse` uses. Every number comes from the
 `verdicts.Context`; nothing here selects or tests.
@@ -24,6 +24,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return report_lib.markdown_table(header, rows)
 
 
+def _seeds(ctx: verdicts.Context, tuning: bool) -> list[int]:
+  """The seeds that chose the rates (`tuning`), or those the arms are reported on."""
+  groups = ctx.selected.values()
+  if tuning:
+    return sorted({r['seed'] for g in groups for c in (g.candidates or {}).values()
+                   for r in c.runs})
+  return sorted({r['seed'] for g in groups for r in g.runs})
+
+
 def method_text(module, ctx: verdicts.Context) -> str:
   parts = [f'**Method.** {module.METHOD}']
   cfg = ctx.base_config
@@ -34,7 +43,8 @@ def method_text(module, ctx: verdicts.Context) -> str:
     parts.append(
         f'This run: base recipe {cfg.model.activation}, {cfg.optim.optimizer} '
         f'({cfg.optim.schedule}), batch {cfg.batch_size}, {protocol.budget_words(cfg)}, init '
-        f'{cfg.model.init}; seeds {sorted({r["seed"] for r in ctx.rows})}; margin '
+        f'{cfg.model.init}; tuning seeds {_seeds(ctx, tuning=True)}, reported seeds '
+        f'{_seeds(ctx, tuning=False)}; margin '
         f'{margin}. Data: {ctx.dataset.name} from {ctx.dataset.source}, '
         f'{len(ctx.dataset.train_images):,} training, {len(ctx.dataset.val_images):,} '
         f'validation (selection), {len(ctx.dataset.test_images):,} test (reporting) images. '

@@ -82,8 +82,8 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Which data, and where it comes from."""
-  dataset: str = 'fashion_mnist'  # mnist, fashion_mnist, kmnist, cifar10, mnist_5k
-  validation_size: int | None = None  # carved from train, for selection; None: 5000 (mnist_5k 500)
+  dataset: str = 'fashion_mnist'  # mnist, fashion_mnist, kmnist, cifar10, mnist_5k, animal_mnist
+  validation_size: int | None = None  # carved from train, for selection; None: 5000 (mnist_5k 500, animal_mnist 700)
   # 'auto': prepared TFDS data, else IDX files, else a TFDS download
   source: str = 'auto'  # auto, tfds, idx
   idx_dir: str | None = None  # directory of IDX files (else $LENET_JAX_IDX_DIR)

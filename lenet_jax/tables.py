@@ -1,6 +1,7 @@
 """The report's markdown: tables of configurations, tuning and comparisons, and the
 sentence per comparison. Pure functions over `comparisons` groups and results.
 """
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,7 +79,8 @@ def comparison_table(results: Sequence[Result]) -> str:
       continue
     rows.append([p.group.label, len(p.seeds), _signed(c.test.estimate),
                  _span(c.test.interval(0.95)), f'{_span(c.interval)} ({_percent(c.level)})',
-                 f'{c.p:.3g}', f'{c.p_holm:.3g}', f'{c.p_equivalent_holm:.3g}',
+                 f'{c.p:.3g}', f'{c.p_holm:.3g}',
+                 '-' if math.isnan(c.p_equivalent_holm) else f'{c.p_equivalent_holm:.3g}',
                  f'**{c.verdict}**'])
   return markdown_table(['configuration', 'pairs', 'mean diff', '95% CI (uncorrected)',
                          'Holm CI (level)', 'p', 'p (Holm)', 'TOST p (Holm)', 'verdict'], rows)

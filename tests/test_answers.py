@@ -1,0 +1,54 @@
+"""The README's answers table is generated from the reports, and its counts are computed."""
+import json
+import os
+
+from experiments import answers
+from experiments import verdicts
+
+
+def test_the_readme_table_is_what_the_generator_writes():
+  assert answers.main(['--check']) == 0, 'run python -m experiments.answers and commit README.md'
+
+
+def _verdicts(path, comparisons, margin=0.005):
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, verdicts.VERDICTS_FILE), 'w') as f:
+    json.dump({'margin': margin, 'comparisons': comparisons}, f)
+
+
+def _v(verdict, estimate, lo, hi):
+  return {'verdict': verdict, 'estimate': estimate, 'interval': [lo, hi], 'level': 0.975,
+          'test': 'BootstrapTest', 'family': 'Q7', 'seeds': 10, 'runs': []}
+
+
+def test_rows_show_the_primary_verdicts_and_count_every_check(tmp_path, monkeypatch):
+  monkeypatch.setattr(answers, 'RESULTS', str(tmp_path))
+  label = 'conv1 frozen at random init - all layers learned'
+  _verdicts(tmp_path / 'learned_kernels', {label: _v('different', -0.007, -0.010, -0.004)})
+  # holds under the longer plateau rule; the other data says otherwise
+  _verdicts(tmp_path / 'learned_kernels-patience10', {label: _v('different', -0.006, -0.01, -0.002)})
+  _verdicts(tmp_path / 'learned_kernels-animal_mnist', {label: _v('inconclusive', -0.002, -0.01, 0.006)},
+            margin=None)
+  rows, counts = answers.rows_and_counts()
+  row = next(r for r in rows if r[0] == 'Q7')
+  assert 'lower' in row[2] and '-0.70 [-1.00, -0.40]' in row[3] and row[4] == 'different'
+  assert 'patience 10: holds' in row[5] and 'animal_mnist: does not hold' in row[5]
+  assert counts['primary'] == 1
+  assert counts['checked:patience 10'] == counts['held:patience 10'] == 1
+  assert counts['checked:animal_mnist'] == 1 and counts['held:animal_mnist'] == 0
+  assert counts['checked_all'] == 1 and counts['hold_all'] == 0
+  # an experiment without verdicts under this protocol claims nothing
+  q2 = next(r for r in rows if r[0] == 'Q2')
+  assert q2[2].startswith('Pending') and q2[4] == '-'
+  text = answers.table()
+  assert '1 primary verdicts' in text and '0 of 1 hold in every check' in text
+
+
+def test_a_difference_of_opposite_sign_does_not_hold(tmp_path, monkeypatch):
+  monkeypatch.setattr(answers, 'RESULTS', str(tmp_path))
+  label = 'conv1 frozen at random init - all layers learned'
+  _verdicts(tmp_path / 'learned_kernels', {label: _v('different', -0.007, -0.010, -0.004)})
+  _verdicts(tmp_path / 'learned_kernels-patience10', {label: _v('different', 0.006, 0.002, 0.01)})
+  rows, counts = answers.rows_and_counts()
+  assert counts['held:patience 10'] == 0
+  assert 'animal_mnist: not run' in next(r for r in rows if r[0] == 'Q7')[5]
