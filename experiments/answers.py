@@ -71,7 +71,7 @@ def _check_cell(label: str, checks: dict[str, dict | None], main: dict) -> tuple
           not main['verdict'].startswith('different')
           or (there['estimate'] > 0) == (main['estimate'] > 0))
       held[title] = same
-  parts = ['Fashion-MNIST'] + [
+  parts = [f'Fashion-MNIST, patience {protocol.PATIENCE}'] + [
       f'{title}: {"holds" if ok else "does not hold" if ok is False else "not run"}'
       for title, ok in held.items()]
   return '; '.join(parts), held

@@ -816,7 +816,6 @@ def test_a_preregistration_states_every_family_arm_and_the_protocol(name):
   assert text.startswith(f'# Pre-registration: {name}\n') and module.QUESTION in text
   for arm in module.arms(False):
     assert f'- `{arm.label}`: ' in text
-  primary = {c.label for c in protocol.primary_contrasts(module)}
   registered = preregistration.registered_part(text)
   later = text[len(registered):]  # the post hoc section, if any
   for f in protocol.families_of(module):
@@ -826,6 +825,7 @@ def test_a_preregistration_states_every_family_arm_and_the_protocol(name):
     else:
       assert heading in registered
     assert f'Comparisons ({len(f.contrasts)}, one Holm family):' in text
+    primary = {c.label for c in f.primary_contrasts()}  # a post hoc family's too
     for c in f.contrasts:
       assert (f'- **primary** `{c.label}`' if c.label in primary else f'- `{c.label}`') in text
   for words in (f'tuned on seeds {list(protocol.TUNING_SEEDS)}', 'reported on seeds 0-9',
