@@ -1008,3 +1008,44 @@ def test_the_report_names_the_preregistration_its_runs_started_under():
                          f'(sha256 {"ab" * 6}), committed in 0123abc 2026-12-05')
   assert writeup.registration_text(types.SimpleNamespace(registration=None)).startswith(
       'Not pre-registered')
+
+
+def test_the_study_command_runs_experiments_then_checks_and_stops_where_one_is_partial():
+  """`python -m experiments study`: every experiment, then its budget checks, then its
+  other-data checks, each given what is left of --max_minutes; a partial one ends it."""
+  script = textwrap.dedent('''
+      import sys
+      from absl import app
+      from experiments import __main__ as main
+      from experiments import runner
+      from lenet_jax import cli
+      main.STUDY = ('learned_kernels', 'even_kernels')
+      partial = sys.argv.pop(1)
+      def fake(name, patience, dataset, max_minutes, command):
+        print('step', name, patience, dataset, max_minutes is not None)
+        return runner.RunStatus('', complete=(name, patience, dataset) != eval(partial),
+                                finished=1, total=2)
+      main._run = fake
+      sys.argv = ['experiments', *sys.argv[1:]]
+      app.run(main.main, flags_parser=cli.parse_flags)
+      ''')
+  run = lambda *args: subprocess.run([sys.executable, '-c', script, *args], capture_output=True,
+                                     text=True, cwd=ROOT, timeout=120)
+  proc = run('None', 'study', '--max_minutes=60')
+  assert proc.returncode == 0, proc.stderr
+  steps = [l.split()[1:] for l in proc.stdout.splitlines() if l.startswith('step ')]
+  assert steps == [['learned_kernels', 'None', 'None', 'True'],
+                   ['even_kernels', 'None', 'None', 'True'],
+                   ['learned_kernels', '10', 'None', 'True'],
+                   ['even_kernels', '10', 'None', 'True'],
+                   ['learned_kernels', 'None', 'animal_mnist', 'True'],
+                   ['even_kernels', 'None', 'animal_mnist', 'True']]
+  assert 'every experiment and check has finished' in proc.stdout
+  proc = run("('even_kernels', None, None)", 'study')  # stopped part way: no checks yet
+  assert proc.returncode == 0, proc.stderr
+  assert [l.split()[1] for l in proc.stdout.splitlines() if l.startswith('step ')] == [
+      'learned_kernels', 'even_kernels']
+  proc = run('None', 'study', '--max_minutes=0')
+  assert proc.returncode == 0 and 'out of time before learned_kernels' in proc.stdout
+  proc = run('None', 'study', '--patience=10')
+  assert proc.returncode == 2 and 'drop --workdir, --patience' in proc.stderr
