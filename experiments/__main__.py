@@ -10,7 +10,8 @@
 
 `study` runs the training experiments cheapest first, then their budget checks,
 then their other-data checks, within one --max_minutes budget; a finished one is
-only re-reported, so the same command continues where the last one stopped.
+only re-reported, so the same command continues where the last one stopped. Once
+every check has finished, the experiments' reports are written again with them.
 """
 import importlib
 import os
@@ -105,6 +106,10 @@ def study(command: str) -> int:
       return status
     if not status.complete:
       return 0  # stopped by --max_minutes: the same command continues
+  for name in STUDY:  # their reports again, now that their checks exist
+    status = _run(name, None, None, None, command)
+    if isinstance(status, int):
+      return status
   print('study: every experiment and check has finished; `python -m experiments.answers` '
         'writes the README table from them')
   return 0

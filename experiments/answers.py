@@ -59,22 +59,29 @@ def _words(v: dict, margin: float | None) -> str:
   return 'inconclusive'
 
 
-def _check_cell(label: str, checks: dict[str, dict | None], main: dict) -> tuple[str, dict]:
-  """Where the verdict holds, and per check: True (holds), False, or None (not run)."""
-  held = {}
-  for title, found in checks.items():
-    there = (found or {}).get('comparisons', {}).get(label)
+def registered(found: dict | None) -> dict | None:
+  """`found` (a verdicts.json) if it comes from a full, pre-registered run, else None."""
+  if found is None or found.get('quick', True) or not found.get('registration'):
+    return None
+  return found
+
+
+def _check_cell(label: str, checks: dict[str, dict | None], main: dict,
+                found: dict) -> tuple[str, dict]:
+  """Where the verdict was measured and whether it holds in each check: per check True
+  (holds), False (does not), None (not run, or not assessable there)."""
+  held, words = {}, []
+  for title, checked in checks.items():
+    there = (checked or {}).get('comparisons', {}).get(label)
     if there is None:
       held[title] = None
-    else:
-      same = there['verdict'] == main['verdict'] and (
-          not main['verdict'].startswith('different')
-          or (there['estimate'] > 0) == (main['estimate'] > 0))
-      held[title] = same
-  parts = [f'Fashion-MNIST, patience {protocol.PATIENCE}'] + [
-      f'{title}: {"holds" if ok else "does not hold" if ok is False else "not run"}'
-      for title, ok in held.items()]
-  return '; '.join(parts), held
+      words.append(f'{title}: not run')
+      continue
+    held[title] = verdicts.agrees(main, there, checked.get('margin'))
+    words.append(f'{title}: ' + {True: 'holds', False: 'does not hold',
+                                 None: 'not assessable'}[held[title]])
+  measured = f'{found.get("dataset", "?")}, patience {found.get("patience")}'
+  return '; '.join([measured] + words), held
 
 
 def rows_and_counts() -> tuple[list[list[str]], dict[str, int]]:
@@ -86,8 +93,8 @@ def rows_and_counts() -> tuple[list[list[str]], dict[str, int]]:
     if not module.TRAINS:
       continue
     workdir = os.path.join(RESULTS, name)
-    found = verdicts.read_verdicts(workdir)
-    checks = {title: verdicts.read_verdicts(d)
+    found = registered(verdicts.read_verdicts(workdir))
+    checks = {title: registered(verdicts.read_verdicts(d))
               for title, d in verdicts.check_workdirs(workdir, name, False).items()}
     link = f'[{name}](experiments/results/{name}/report.md)'
     for family in protocol.families_of(module):
@@ -103,13 +110,16 @@ def rows_and_counts() -> tuple[list[list[str]], dict[str, int]]:
         if v is None:
           answers.append(f'{c.label}: not compared')
           continue
-        counts['primary'] += 1
         lo, hi = v['interval']
         answers.append(f'{c.label}: {_words(v, found["margin"])}')
-        effects.append(f'{_points(v["estimate"])} [{_points(lo)}, {_points(hi)}]')
+        unit = ' (cosine x100)' if c.metric.startswith('feature_cos') else ''
+        effects.append(f'{_points(v["estimate"])} [{_points(lo)}, {_points(hi)}]{unit}')
         verdict_cells.append(v['verdict'])
-        cell, held = _check_cell(c.label, checks, v)
+        cell, held = _check_cell(c.label, checks, v, found)
         where.append(cell)
+        if family.post_hoc:  # reported, labelled, never checked nor counted
+          continue
+        counts['primary'] += 1
         for check_title, ok in held.items():
           per_check.setdefault(check_title, [0, 0])
           if ok is not None:

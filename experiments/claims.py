@@ -132,7 +132,8 @@ FAMILIES = (
         'C3b', 'Feature similarity under shifts (mechanism, secondary)',
         'The cosine similarity of the dense layer\'s input for an image and its shifted copy: '
         'expected lower without pooling than with max pooling.',
-        tuple(C(a, b, metric) for metric in SIMILARITY for a, b in POOLING)),
+        tuple(C(a, b, metric) for metric in SIMILARITY for a, b in POOLING),
+        primary=('no pool - relu, max pool, sum (default) (feature_cos_shift1)',)),
 )
 
 

@@ -21,6 +21,7 @@ import os
 import subprocess
 
 from experiments import protocol
+from lenet_jax import runs
 from lenet_jax.workdir import atomic_write
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -165,9 +166,10 @@ def check_and_record(module, workdir: str) -> dict:
     on_disk = f.read()
   if registered_part(on_disk) != registered_part(text(module)):
     raise ValueError(
-        f'{target} differs from what experiments/{module.NAME}.py states now. A change made '
-        'after results is post hoc: mark the changed family post_hoc="why and when" (it then '
-        f'goes in a section of its own), or, before any result exists, {fix}.')
+        f'{target} differs from what experiments/{module.NAME}.py states now. Once results '
+        'exist, leave the declared families, arms and protocol as they are and add what is new '
+        'as a new family marked post_hoc="why and when" over existing arms (it goes in a '
+        f'section of its own); before any result exists, {fix}.')
   commit = committed_in(target)
   if commit is None:
     raise ValueError(f'{target} is not committed as it is (or this is not a git checkout); '
@@ -175,6 +177,11 @@ def check_and_record(module, workdir: str) -> dict:
   record = {'file': os.path.relpath(target, os.path.dirname(ROOT)), 'sha256': digest(on_disk),
             'commit': commit}
   recorded_path = os.path.join(workdir, RECORD_FILE)
+  if not os.path.exists(recorded_path) and (
+      runs.run_ids(workdir) or os.path.exists(os.path.join(workdir, runs.ARCHIVE_FILE))):
+    raise ValueError(f'{workdir} holds runs trained before any pre-registration was recorded '
+                     'there, so they cannot count as registered; start the study in a new '
+                     '--workdir.')
   if os.path.exists(recorded_path):
     with open(recorded_path) as f:
       recorded = json.load(f)

@@ -72,6 +72,8 @@ MARGIN = 0.005
 RELATIVE_MARGIN = 0.054
 MIN_MARGIN_IMAGES = 5
 ALPHA = 0.05  # family-wise error rate of each family of comparisons
+# Metrics in accuracy units, which the margin applies to; others get difference verdicts only.
+ACCURACY_PREFIXES = ('acc_', 'drop_')
 LR = 'optim.learning_rate'
 
 
@@ -102,6 +104,12 @@ class Contrast:
   reference: str
   metric: str = 'test_acc'
   reference_metric: str | None = None
+
+  @property
+  def on_accuracy_scale(self) -> bool:
+    """Whether the metric is in accuracy units, the margin's (accuracies and drops)."""
+    return all(m == 'test_acc' or m.startswith(ACCURACY_PREFIXES)
+               for m in (self.metric, self.reference_metric or self.metric))
 
   @property
   def label(self) -> str:
@@ -256,7 +264,8 @@ def planned_total(arms: Sequence[Arm], base_cfg: Config, tuning_seeds: Sequence[
 def budget_words(cfg: Config) -> str:
   """The budget rule a run trained under, from its config."""
   if cfg.patience is None:
-    return f'{cfg.epochs} epoch(s), {cfg.optim.schedule} learning rate, the last epoch\'s model'
+    return (f'{cfg.epochs} epoch(s), {cfg.optim.schedule} learning rate, the best-on-validation '
+            'epoch\'s model')
   return (f'{cfg.optim.schedule} learning rate until validation accuracy has not improved for '
           f'{cfg.patience} epochs (at most {cfg.epochs}); the best-on-validation model')
 
@@ -281,7 +290,8 @@ def protocol(cfg: Config, margin: float | None = MARGIN) -> str:
           'rate, apart from the tuning seeds. Comparisons are paired by seed (the same seed '
           'gives the same data order and, where shapes match, the same initialisation). Test '
           'accuracy is compared by a paired bootstrap over seeds and test images (both are '
-          'samples: per-example correctness of every run is kept); other metrics by a paired t '
-          'test over seeds. Each family of comparisons (those answering one question, declared '
+          'samples: per-example correctness of every run is kept), its p-values and intervals '
+          'never less cautious than the paired t test\'s over seeds; other metrics by a paired '
+          't test over seeds, with no equivalence verdict for those not in accuracy units. Each family of comparisons (those answering one question, declared '
           f'in the pre-registration) is Holm-corrected at family-wise alpha {ALPHA:g}, with '
           f'{equivalence}. Throughput is not reported: the runs were timed on a shared machine.')

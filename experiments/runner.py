@@ -67,7 +67,8 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
   if data_overrides:
     base_cfg = config_lib.override(base_cfg, data_overrides)
   if patience is not None:  # the budget check: the cap grows with the patience
-    cap = protocol.QUICK_EPOCHS + 1 if quick else protocol.MAX_EPOCHS * patience // protocol.PATIENCE
+    cap = (protocol.QUICK_EPOCHS + 1 if quick else protocol.CHECK_MAX_EPOCHS
+           if patience == protocol.CHECK_PATIENCE else protocol.MAX_EPOCHS * patience // protocol.PATIENCE)
     base_cfg = config_lib.override(base_cfg, {'patience': patience, 'epochs': max(cap, 1)})
   arms = list(module.arms(quick))
   labels = [a.label for a in arms]
@@ -81,6 +82,9 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
     arms = arms[:protocol.QUICK_ARMS]
   labels = [a.label for a in arms]
   families = protocol.families_of(module, labels)
+  if check:  # the declared families' primary comparisons, corrected among themselves
+    families = [dataclasses.replace(f, contrasts=f.primary_contrasts())
+                for f in protocol.families_of(module) if not f.post_hoc]
   command = command or (f'python -m experiments {module.NAME}' + (' --quick' if quick else ''))
   os.makedirs(workdir, exist_ok=True)
   registration = None

@@ -38,6 +38,8 @@ def _finished(workdir: str, run: protocol.Planned, fingerprint: str,
   row = runs.finished_row(workdir, run.config, warn=say, fingerprint=fingerprint)
   if row is None:
     return None
+  if row['status'] == 'ok' and runs.read_test_correct(workdir, run.config) is None:
+    return None  # the study compares test accuracy by its per-example correctness
   if run.config.seed in keep_params and not runs.has_params(workdir, run.config):
     return None
   if has_extra:
@@ -75,7 +77,8 @@ def correct_loader(workdir: str) -> Callable[[dict[str, Any]], Any]:
 
 
 def load_result(workdir: str, cfg: Config) -> loop.RunResult:
-  """A finished run with its final parameters, from its files (KEEP_PARAMS experiments)."""
+  """A finished run with its kept parameters (its best model's), from its files
+  (KEEP_PARAMS experiments)."""
   row = runs.read_finished(workdir, cfg)
   if row is None:
     raise ValueError(f'run {run_id(cfg)} has not finished in {workdir}')

@@ -137,8 +137,11 @@ def _without_equivalence(comparison: stats.Comparison) -> stats.Comparison:
 
 
 def _test(contrast: protocol.Contrast, pairing, a: Named, b: Named, correct):
-  """The paired test of one contrast: a bootstrap over seeds and test images for test
-  accuracy when every paired run kept its per-example correctness, else a paired t."""
+  """The paired test of one contrast. Test accuracy, when every paired run kept its
+  per-example correctness: a bootstrap over seeds and test images, its p-values and
+  intervals never less cautious than the paired t test's over seeds
+  (`bootstrap.NoNarrowerThan`). Otherwise the paired t test."""
+  t = stats.paired_t(pairing.values, pairing.baseline_values)
   if contrast.metric == (contrast.reference_metric or contrast.metric) == 'test_acc':
     if correct is not None:
       ours = {r['seed']: r for r in a.ok()}
@@ -146,8 +149,9 @@ def _test(contrast: protocol.Contrast, pairing, a: Named, b: Named, correct):
       bits_a = [correct(ours[s]) for s in pairing.seeds]
       bits_b = [correct(theirs[s]) for s in pairing.seeds]
       if all(x is not None for x in bits_a + bits_b):
-        return bootstrap.paired_bootstrap(np.stack(bits_a), np.stack(bits_b))
-  return stats.paired_t(pairing.values, pairing.baseline_values)
+        return bootstrap.NoNarrowerThan(
+            bootstrap.paired_bootstrap(np.stack(bits_a), np.stack(bits_b)), t)
+  return t
 
 
 def compare_families(families: Sequence[protocol.Family], selected: dict[str, Named],
@@ -172,8 +176,11 @@ def compare_families(families: Sequence[protocol.Family], selected: dict[str, Na
     testable = list(tests)
     compared = (stats.compare([tests[c] for c in testable], margin or 1.0, alpha)
                 if testable else [])
-    if margin is None:
-      compared = [_without_equivalence(x) for x in compared]
+    # The margin is in points of accuracy: a metric on another scale (a cosine) gets
+    # difference verdicts only (its equivalence p-values still count in the family's
+    # Holm, which only makes the others' more cautious).
+    compared = [x if margin is not None and c.on_accuracy_scale else _without_equivalence(x)
+                for c, x in zip(testable, compared)]
     comparisons = dict(zip(testable, compared))
     out += [Outcome(c, report_lib.Result(pairings[c], comparisons.get(c)) if c in pairings
                     else None, family) for c in family.contrasts]
@@ -225,15 +232,43 @@ def plain_words(outcome: Outcome, margin: float) -> str:
   return f'neither shown different nor shown equivalent within {m} (inconclusive)'
 
 
-def holds(here: stats.Comparison | None, there: dict[str, Any]) -> str:
-  """Whether a check's verdict (from its verdicts.json) is the main one: the same
-  verdict and, for a difference, the same sign."""
-  if here is None or there['verdict'] != here.verdict:
+def category(verdict: str) -> str:
+  """A verdict without its margin (which differs between datasets): 'different',
+  'different, but within the margin', 'equivalent' or 'inconclusive'."""
+  if verdict.startswith(f'{stats.DIFFERENT}, but'):
+    return f'{stats.DIFFERENT}, but within the margin'
+  if verdict.startswith('equivalent'):
+    return 'equivalent'
+  return verdict
+
+
+def agrees(main: dict[str, Any], there: dict[str, Any], margin_there: float | None) -> bool | None:
+  """Whether a check's verdict is the main one's: the same category (margins aside) and,
+  for a difference, the same sign. None where the check cannot say: the main verdict
+  needs an equivalence test the check's data cannot make (no margin there)."""
+  needs_margin = category(main['verdict']) != stats.DIFFERENT and category(
+      main['verdict']) != stats.INCONCLUSIVE
+  if margin_there is None and needs_margin:
+    return None
+  if category(there['verdict']) != category(main['verdict']):
+    return False
+  return not main['verdict'].startswith(stats.DIFFERENT) or (
+      (there['estimate'] > 0) == (main['estimate'] > 0))
+
+
+def holds(here: stats.Comparison | None, there: dict[str, Any],
+          margin_there: float | None = protocol.MARGIN) -> str:
+  """Whether a check's verdict (from its verdicts.json) is the main one (`agrees`)."""
+  if here is None:
     return 'does not hold'
-  if here.verdict.startswith(stats.DIFFERENT) and (
-      (there['estimate'] > 0) != (here.test.estimate > 0)):
+  ok = agrees({'verdict': here.verdict, 'estimate': here.test.estimate}, there, margin_there)
+  if ok is None:
+    return 'not assessable there (no equivalence margin)'
+  if ok:
+    return 'holds'
+  if category(there['verdict']) == category(here.verdict):
     return 'does not hold (opposite sign)'
-  return 'holds'
+  return 'does not hold'
 
 
 @dataclasses.dataclass
@@ -272,7 +307,10 @@ class Context:
 
   def result(self, label: str, seed: int) -> loop.RunResult:
     """The selected run of `seed` with its final parameters (seeds in KEEP_PARAMS)."""
-    row = next(r for r in self.selected[label].ok() if r['seed'] == seed)
+    row = next((r for r in self.selected[label].ok() if r['seed'] == seed), None)
+    if row is None:
+      raise ValueError(f'{label}: seed {seed} did not finish at the selected rate, so its '
+                       'parameters cannot be shown.')
     return training.load_result(self.workdir, config_lib.override(
         self.config_of(label), {protocol.LR: row[protocol.LR], 'seed': seed}))
 
@@ -328,8 +366,11 @@ def write_verdicts(ctx: Context) -> None:
                                'family': o.family.question if o.family else None,
                                'seeds': len(o.result.pairing.seeds),
                                'runs': paired_run_ids(o, ctx.selected)}
-  atomic_write(os.path.join(ctx.workdir, VERDICTS_FILE),
-               json.dumps({'margin': ctx.margin, 'comparisons': out}, indent=2))
+  cfg = ctx.base_config
+  atomic_write(os.path.join(ctx.workdir, VERDICTS_FILE), json.dumps({
+      'margin': ctx.margin, 'dataset': cfg.data.dataset, 'patience': cfg.patience,
+      'max_epochs': cfg.epochs, 'quick': ctx.quick,
+      'registration': (ctx.registration or {}).get('sha256'), 'comparisons': out}, indent=2))
 
 
 def paired_run_ids(outcome: Outcome, selected: dict[str, Named]) -> list[list[str]]:

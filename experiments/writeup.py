@@ -144,7 +144,9 @@ def comparisons_section(ctx: verdicts.Context) -> str:
             'set resolves)')
   text = ('Each row: the first minus the second, paired by seed, at each arm\'s selected rate '
           '(accuracy as a fraction; 0.005 is half a point). Test accuracy: a paired bootstrap '
-          'over seeds and test images; other metrics: a paired t test over seeds. Holm within '
+          'over seeds and test images, never less cautious than the paired t test over seeds; '
+          'other metrics: a paired t test over seeds (no equivalence verdict off the accuracy '
+          'scale). Holm within '
           f'each family at family-wise alpha {protocol.ALPHA:g}, for the difference {margin}. '
           '"different": the Holm interval excludes 0; "equivalent within +-m": the Holm '
           '(1 - 2 gamma) interval lies inside +-m; "different, but within +-m": both; '
@@ -271,8 +273,8 @@ def checks_section(module, ctx: verdicts.Context) -> str | None:
       elif there is None:
         cells.append('not compared there')
       else:
-        cells.append(f"{verdicts.holds(o.comparison, there)}: {there['verdict']} "
-                     f"({verdicts.points(there['estimate'])} points)")
+        cells.append(f"{verdicts.holds(o.comparison, there, checked.get('margin'))}: "
+                     f"{there['verdict']} ({verdicts.points(there['estimate'])} points)")
     there = (found.get(other) or {}).get('comparisons', {}).get(o.contrast.label)
     cells.append(_interaction(ctx, o, checks[other], there) if there else 'not run yet')
     rows.append([o.contrast.label, here, *cells])

@@ -151,6 +151,43 @@ class BootstrapTest:
     return float(self.replicates[j]), float(self.replicates[b - 1 - j])
 
 
+@dataclasses.dataclass(frozen=True)
+class NoNarrowerThan:
+  """The more cautious of two tests of one difference: each p-value the larger, each
+  interval the hull of both. Used to keep the bootstrap's intervals from being
+  narrower than the paired t test's over seeds, which they can be at Holm's small
+  levels when the spread between seeds dominates (normal tails, (S-1)/S of the seed
+  variance). The consistency `stats.compare` relies on carries over: the hull at
+  1 - gamma excludes 0 exactly when both do, that is when the larger p is below gamma
+  (likewise for TOST).
+  """
+  first: object  # e.g. a BootstrapTest
+  second: object  # e.g. the paired stats.TTest of the same difference
+
+  @property
+  def estimate(self) -> float:
+    return self.first.estimate
+
+  @property
+  def n(self) -> int:
+    return self.first.n
+
+  @property
+  def se(self) -> float:
+    return max(self.first.se, self.second.se)
+
+  @property
+  def p(self) -> float:
+    return max(self.first.p, self.second.p)
+
+  def p_equivalent(self, margin: float) -> float:
+    return max(self.first.p_equivalent(margin), self.second.p_equivalent(margin))
+
+  def interval(self, level: float = 0.95) -> tuple[float, float]:
+    (a, b), (c, d) = self.first.interval(level), self.second.interval(level)
+    return min(a, c), max(b, d)
+
+
 def _correctness(name: str, x) -> np.ndarray:
   """(seeds, examples) of 0/1 as int8, checked."""
   x = np.asarray(x)

@@ -10,10 +10,12 @@ def test_the_readme_table_is_what_the_generator_writes():
   assert answers.main(['--check']) == 0, 'run python -m experiments.answers and commit README.md'
 
 
-def _verdicts(path, comparisons, margin=0.005):
+def _verdicts(path, comparisons, margin=0.005, quick=False, patience=5,
+              dataset='fashion_mnist'):
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, verdicts.VERDICTS_FILE), 'w') as f:
-    json.dump({'margin': margin, 'comparisons': comparisons}, f)
+    json.dump({'margin': margin, 'dataset': dataset, 'patience': patience, 'quick': quick,
+               'registration': 'ab' * 32, 'comparisons': comparisons}, f)
 
 
 def _v(verdict, estimate, lo, hi):
@@ -26,13 +28,14 @@ def test_rows_show_the_primary_verdicts_and_count_every_check(tmp_path, monkeypa
   label = 'conv1 frozen at random init - all layers learned'
   _verdicts(tmp_path / 'learned_kernels', {label: _v('different', -0.007, -0.010, -0.004)})
   # holds under the longer plateau rule; the other data says otherwise
-  _verdicts(tmp_path / 'learned_kernels-patience10', {label: _v('different', -0.006, -0.01, -0.002)})
+  _verdicts(tmp_path / 'learned_kernels-patience10', {label: _v('different', -0.006, -0.01, -0.002)},
+            patience=10)
   _verdicts(tmp_path / 'learned_kernels-animal_mnist', {label: _v('inconclusive', -0.002, -0.01, 0.006)},
-            margin=None)
+            margin=None, dataset='animal_mnist')
   rows, counts = answers.rows_and_counts()
   row = next(r for r in rows if r[0] == 'Q7')
   assert 'lower' in row[2] and '-0.70 [-1.00, -0.40]' in row[3] and row[4] == 'different'
-  assert row[5].startswith('Fashion-MNIST, patience 5;') and 'patience 10: holds' in row[5] and 'animal_mnist: does not hold' in row[5]
+  assert row[5].startswith('fashion_mnist, patience 5;') and 'patience 10: holds' in row[5] and 'animal_mnist: does not hold' in row[5]
   assert counts['primary'] == 1
   assert counts['checked:patience 10'] == counts['held:patience 10'] == 1
   assert counts['checked:animal_mnist'] == 1 and counts['held:animal_mnist'] == 0
@@ -52,3 +55,34 @@ def test_a_difference_of_opposite_sign_does_not_hold(tmp_path, monkeypatch):
   rows, counts = answers.rows_and_counts()
   assert counts['held:patience 10'] == 0
   assert 'animal_mnist: not run' in next(r for r in rows if r[0] == 'Q7')[5]
+
+
+def test_equivalence_holds_across_margins_and_is_not_assessable_without_one(tmp_path, monkeypatch):
+  """A check's verdict is compared by category and sign, never by its margin's digits; an
+  equivalence the check's data cannot test is 'not assessable', not 'does not hold'."""
+  monkeypatch.setattr(answers, 'RESULTS', str(tmp_path))
+  label = 'conv1 frozen at random init - all layers learned'
+  _verdicts(tmp_path / 'learned_kernels', {label: _v('equivalent within +-0.005', 0.0, -0.003, 0.003)})
+  _verdicts(tmp_path / 'learned_kernels-patience10',
+            {label: _v('equivalent within +-0.005', 0.001, -0.002, 0.004)}, patience=10)
+  _verdicts(tmp_path / 'learned_kernels-animal_mnist', {label: _v('inconclusive', 0.0, -0.01, 0.01)},
+            margin=None, dataset='animal_mnist')
+  rows, counts = answers.rows_and_counts()
+  row = next(r for r in rows if r[0] == 'Q7')
+  assert 'patience 10: holds' in row[5] and 'animal_mnist: not assessable' in row[5]
+  assert counts['held:patience 10'] == 1 and counts['checked:animal_mnist'] == 0
+  _verdicts(tmp_path / 'learned_kernels-animal_mnist',
+            {label: _v('equivalent within +-0.0108', 0.001, -0.004, 0.006)}, margin=0.0108,
+            dataset='animal_mnist')
+  _, counts = answers.rows_and_counts()
+  assert counts['held:animal_mnist'] == 1 and counts['hold_all'] == 1
+
+
+def test_a_quick_or_unregistered_report_answers_nothing(tmp_path, monkeypatch):
+  monkeypatch.setattr(answers, 'RESULTS', str(tmp_path))
+  label = 'conv1 frozen at random init - all layers learned'
+  _verdicts(tmp_path / 'learned_kernels', {label: _v('different', -0.007, -0.010, -0.004)},
+            quick=True)
+  rows, counts = answers.rows_and_counts()
+  assert next(r for r in rows if r[0] == 'Q7')[2].startswith('Pending')
+  assert counts['primary'] == 0

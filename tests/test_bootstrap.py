@@ -250,3 +250,23 @@ def test_refuses_what_it_cannot_test():
     t.p_equivalent(0.0)
   # A level finer than B replicates resolve is the whole line, and never excludes 0.
   assert t.interval(1 - 0.1) == (-math.inf, math.inf)
+
+
+def test_no_narrower_than_takes_the_more_cautious_of_the_two_tests():
+  """The bootstrap as the study uses it: never narrower than the paired t over seeds, and
+  still consistent with Holm's levels (an interval excludes 0 exactly when p < gamma)."""
+  rng = np.random.default_rng(3)
+  a = rng.random((10, 2000)) < 0.90
+  b = rng.random((10, 2000)) < 0.89
+  boot = bootstrap.paired_bootstrap(a, b)
+  t = stats.paired_t(a.mean(axis=1), b.mean(axis=1))
+  both = bootstrap.NoNarrowerThan(boot, t)
+  assert both.estimate == pytest.approx(t.estimate) and both.n == 10
+  assert both.p == max(boot.p, t.p) and both.se == max(boot.se, t.se)
+  assert both.p_equivalent(0.005) == max(boot.p_equivalent(0.005), t.p_equivalent(0.005))
+  for level in (0.9, 0.95, 0.99, 0.995):
+    lo, hi = both.interval(level)
+    assert lo == min(boot.interval(level)[0], t.interval(level)[0])
+    assert hi == max(boot.interval(level)[1], t.interval(level)[1])
+  for c in stats.compare([both, both], 0.005):
+    assert (c.interval[0] > 0 or c.interval[1] < 0) == (c.p_holm < 0.05)

@@ -108,7 +108,7 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
   assert 'QUICK MODE' in text and f'idx:{idx_dir}' in text and '> CHECK' not in text
   assert 'img/s' not in text  # throughput is not reported
   # The method states the budget these runs trained, not the full study's plateau rule.
-  assert "Budget: 1 epoch(s), constant learning rate, the last epoch's model." in text
+  assert "Budget: 1 epoch(s), constant learning rate, the best-on-validation epoch's model." in text
   assert 'has not improved for' not in _section(text, 'Budget rule: where each run stopped')
   assert 'No plateau rule in this mode' in text
   # Quick mode is never a confirmatory result, and says so.
@@ -158,7 +158,10 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
   # verdicts.json: the margin, and per comparison its verdict, test, family and the
   # run ids it paired: the report seeds' runs at each arm's chosen rate, never a tuning run.
   written = json.loads((workdir / verdicts.VERDICTS_FILE).read_text())
-  assert set(written) == {'margin', 'comparisons'}
+  assert set(written) == {'margin', 'dataset', 'patience', 'max_epochs', 'quick', 'registration',
+                          'comparisons'}
+  assert written['quick'] is True and written['registration'] is None  # answers nothing
+  assert written['patience'] is None and written['max_epochs'] == protocol.QUICK_EPOCHS
   contrasts = {c.label: c for f in families for c in f.contrasts}
   family_of = {c.label: f.question for f in families for c in f.contrasts}
   by_id = {r['run_id']: r for r in rows}
@@ -171,7 +174,7 @@ def test_quick_mode_writes_a_report(name, idx_dir, tmp_path):
     c = contrasts[label]
     assert v['family'] == family_of[label]
     both_test_acc = c.metric == (c.reference_metric or c.metric) == 'test_acc'
-    assert v['test'] == ('BootstrapTest' if both_test_acc else 'TTest')
+    assert v['test'] == ('NoNarrowerThan' if both_test_acc else 'TTest')
     assert v['seeds'] == len(v['runs']) == len(reported)
     for run_id, ref_id in v['runs']:
       ours, theirs = by_id[run_id], by_id[ref_id]
@@ -427,7 +430,9 @@ def test_test_accuracy_is_compared_by_a_bootstrap_over_seeds_and_test_images():
   correct = lambda row: asked.append(row['seed']) or bits.get(row['run_id'])
   family = _family(protocol.Contrast('other', 'ref'))
   [outcome] = verdicts.compare_families([family], selected, 0.005, correct=correct)
-  test = outcome.comparison.test
+  both = outcome.comparison.test  # the bootstrap, never narrower than the paired t
+  assert isinstance(both, bootstrap.NoNarrowerThan) and isinstance(both.second, stats.TTest)
+  test = both.first
   assert isinstance(test, bootstrap.BootstrapTest)
   assert (test.n, test.n_examples) == (len(report), n)
   a = np.stack([bits[f'other-{s}'] for s in report])
@@ -529,7 +534,7 @@ def test_the_method_states_the_budget_rule_the_runs_trained_under():
       'constant learning rate until validation accuracy has not improved for 5 epochs (at '
       'most 50); the best-on-validation model')
   assert protocol.budget_words(quick) == (
-      "1 epoch(s), constant learning rate, the last epoch's model")
+      "1 epoch(s), constant learning rate, the best-on-validation epoch's model")
   text = protocol.protocol(full)
   assert text.startswith(f'Budget: {protocol.budget_words(full)}.')
   for words in ('tuned on seeds 100, 101, 102', 'reported on seeds 0-9', 'paired by seed',
@@ -537,7 +542,7 @@ def test_the_method_states_the_budget_rule_the_runs_trained_under():
                 'Holm-corrected at family-wise alpha 0.05', 'TOST', '+-0.5 points'):
     assert words in text, words
   assert protocol.protocol(quick).startswith(
-      "Budget: 1 epoch(s), constant learning rate, the last epoch's model.")
+      "Budget: 1 epoch(s), constant learning rate, the best-on-validation epoch's model.")
   check = config_lib.override(full, {'patience': protocol.CHECK_PATIENCE,
                                      'epochs': protocol.CHECK_MAX_EPOCHS})
   assert 'not improved for 10 epochs (at most 100)' in protocol.protocol(check)
@@ -1039,7 +1044,9 @@ def test_the_study_command_runs_experiments_then_checks_and_stops_where_one_is_p
                    ['learned_kernels', '10', 'None', 'True'],
                    ['even_kernels', '10', 'None', 'True'],
                    ['learned_kernels', 'None', 'animal_mnist', 'True'],
-                   ['even_kernels', 'None', 'animal_mnist', 'True']]
+                   ['even_kernels', 'None', 'animal_mnist', 'True'],
+                   ['learned_kernels', 'None', 'None', 'False'],  # reported with their checks
+                   ['even_kernels', 'None', 'None', 'False']]
   assert 'every experiment and check has finished' in proc.stdout
   proc = run("('even_kernels', None, None)", 'study')  # stopped part way: no checks yet
   assert proc.returncode == 0, proc.stderr
