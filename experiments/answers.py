@@ -143,7 +143,7 @@ def table() -> str:
             'measured on; checks', 'report']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(cell.replace('|', '/') for cell in row) + ' |' for row in rows]
-  checks = [k.split(':', 1)[1] for k in counts if k.startswith('checked:')]
+  checks = [k.split(':', 1)[1] for k, v in counts.items() if k.startswith('checked:') and v]
   tally = [f'{counts[f"held:{c}"]} of {counts[f"checked:{c}"]} checked hold under {c}'
            for c in checks]
   lines += ['', f'Robustness (computed by `python -m experiments.answers` from every check\'s '

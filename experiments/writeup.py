@@ -286,8 +286,9 @@ def checks_section(module, ctx: verdicts.Context) -> str | None:
       + f'   # writes {os.path.basename(d)}/' for title, d in checks.items())
   return ('The primary comparisons, checked under a longer plateau rule (patience '
           f'{protocol.CHECK_PATIENCE}, at most {protocol.CHECK_MAX_EPOCHS} epochs) and on '
-          f'{other} (its own margin rule), training only their arms. "holds": the same verdict '
-          'there (and sign, for a difference). The last column is the difference between the '
+          f'{other} (its own margin rule), training only their arms. "holds": the same kind of '
+          'verdict there, whatever its margin (and sign, for a difference); "not assessable": an '
+          'equivalence the check\'s data cannot test. The last column is the difference between the '
           f'effect here and on {other} (difference-in-differences, points, 95% bootstrap '
           'interval over both datasets\' seeds and test images): only where it excludes 0 is '
           'the effect dataset-dependent.\n\n' +

@@ -120,14 +120,22 @@ def _same(a, b):
 
 @pytest.mark.parametrize('archive', COMMITTED)
 def test_the_committed_results_are_their_packed_runs(archive):
-  """Every row of a committed results.jsonl is a packed run whose final.json it repeats."""
+  """Every row of a committed results.jsonl is a packed run whose final.json it repeats
+  (the study's rows report the best-on-validation epoch: its final.json's best_* values,
+  the last epoch's kept as last_*), with the per-example answers of that model."""
   workdir = os.path.dirname(os.path.join(ROOT, archive))
   rows = runs.read_results(workdir)
   packed = set(runs.run_ids(workdir))
   assert {r['run_id'] for r in rows} <= packed
+  reported = ('val_loss', 'val_acc', 'test_loss', 'test_acc')
   for row in rows:
     final = json.loads(runs.read_run_file(workdir, row['run_id'], runs.FINAL_FILE))
-    assert all(_same(row[k], v) for k, v in final.items()), row['run_id']
+    for key in reported:
+      assert _same(row[key], final[f'best_{key}']) and _same(row[f'last_{key}'], final[key])
+    assert all(_same(row[k], v) for k, v in final.items() if k not in reported), row['run_id']
+    if final['status'] == 'ok':
+      bits = runs.read_test_correct(workdir, row['run_id'])
+      assert round(bits.mean() * len(bits)) == round(final['best_test_acc'] * len(bits))
     assert len(runs.read_history(workdir, row['run_id'])) == final['epochs_run']
 
 
