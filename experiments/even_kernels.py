@@ -13,12 +13,15 @@ not improved for 5 epochs (at most 50) and reports its best-on-validation model
 The checks train the primary comparisons' 3 arms only: --patience=10 and
 --dataset=animal_mnist (docs/experiments.md#the-checks).
 
-Expected runtime: not yet measured under this protocol; the first group prints an
-estimate for the whole experiment on the machine at hand.
+Expected runtime (the 2-core CPU machine, 2026-12-05, shared with other runs, so an
+upper bound): 85 runs as run (three grid extensions), about 80 minutes wall in three
+invocations; the report sums 68.7 minutes of the runs' own compile and training time
+(experiments/results/even_kernels/report.md).
 
-Result: not yet re-run under the pre-registered protocol
-(experiments/preregistration/even_kernels.md); the superseded study's result is in git
-history at 33b43d5 (`git show 33b43d5:experiments/results/even_kernels/report.md`).
+Result (experiments/results/even_kernels/report.md, under its pre-registration): 2x2,
+4x4 and 5x5 against 3x3, and every down-vs-up and right-vs-left shifted-accuracy
+difference, are inconclusive in the family of 11 (2x2 -0.10 points, Holm CI -0.59 to
++0.40; 4x4 -0.07, -0.59 to +0.39): neither a cost nor equivalence is shown.
 """
 from experiments import evaluation
 from experiments import protocol
