@@ -137,11 +137,6 @@ FAMILIES = (
 )
 
 
-def contrasts(labels):
-  del labels
-  return [c for f in FAMILIES for c in f.contrasts]
-
-
 @functools.lru_cache(maxsize=None)
 def _features_fn(model_cfg):
   model = LeNet5(model_cfg)

@@ -75,16 +75,8 @@ def arms(quick):
   return [protocol.Arm(label, overrides) for label, overrides in ARMS.items()]
 
 
-def contrasts(labels):
-  out = [protocol.Contrast(l, REFERENCE) for l in labels
-         if l != REFERENCE and l not in GAP_PAIR]
-  if set(GAP_PAIR) <= set(labels):
-    out.append(protocol.Contrast(*GAP_PAIR))
-  # what the extra non-linearity is worth at the same weights and receptive field
-  return out + [protocol.Contrast('two 3x3 per block', 'two 3x3 per block, no activation between')]
-
-
 _ALL = [protocol.Contrast(l, REFERENCE) for l in ARMS if l != REFERENCE and l not in GAP_PAIR]
+# what the extra non-linearity is worth at the same weights and receptive field
 _NONLINEARITY = protocol.Contrast('two 3x3 per block', 'two 3x3 per block, no activation between')
 FAMILIES = (
     protocol.Family(
