@@ -78,8 +78,10 @@ def _check_cell(label: str, checks: dict[str, dict | None], main: dict,
       words.append(f'{title}: not run')
       continue
     held[title] = verdicts.agrees(main, there, checked.get('margin'))
-    words.append(f'{title}: ' + {True: 'holds', False: 'does not hold',
-                                 None: 'not assessable'}[held[title]])
+    word = {True: 'holds', False: 'does not hold', None: 'not assessable'}[held[title]]
+    if held[title] is False:  # what the check found instead
+      word += f' ({verdicts.category(there["verdict"])} there)'
+    words.append(f'{title}: {word}')
   measured = f'{found.get("dataset", "?")}, patience {found.get("patience")}'
   return '; '.join([measured] + words), held
 

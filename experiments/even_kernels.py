@@ -16,12 +16,16 @@ The checks train the primary comparisons' 3 arms only: --patience=10 and
 Expected runtime (the 2-core CPU machine, 2026-12-05, shared with other runs, so an
 upper bound): 85 runs as run (three grid extensions), about 80 minutes wall in three
 invocations; the report sums 68.7 minutes of the runs' own compile and training time
-(experiments/results/even_kernels/report.md).
+(experiments/results/even_kernels/report.md). Its checks, same machine and day: patience
+10, 72 runs, 80.8 minutes wall (sharing the machine); animal_mnist, 69 runs, 6.3 minutes.
 
 Result (experiments/results/even_kernels/report.md, under its pre-registration): 2x2,
 4x4 and 5x5 against 3x3, and every down-vs-up and right-vs-left shifted-accuracy
 difference, are inconclusive in the family of 11 (2x2 -0.10 points, Holm CI -0.59 to
-+0.40; 4x4 -0.07, -0.59 to +0.39): neither a cost nor equivalence is shown.
++0.40; 4x4 -0.07, -0.59 to +0.39): neither a cost nor equivalence is shown. Under the
+longer plateau rule (patience 10) both primary contrasts come out equivalent within
++-0.5 points (2x2 -0.05, 4x4 -0.09), so the primary verdict does not hold there; on
+animal_mnist both stay inconclusive.
 """
 from experiments import evaluation
 from experiments import protocol
