@@ -114,10 +114,12 @@ def text(module) -> str:
   lines += ['', '## Families', '']
   for f in declared:
     lines += _family(f)
-  if later:
+  if later or checked:
     lines += [POST_HOC_HEADING, '']
     for f in later:
       lines += _family(f)
+  if checked:  # an amendment of the checks, for every experiment that has them
+    lines += [f'Checks: {protocol.CHECK_LEVELS_AMENDMENT}', '']
   return '\n'.join(lines).rstrip() + '\n'
 
 

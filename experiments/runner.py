@@ -58,7 +58,8 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
   """Runs (or resumes) one experiment; writes report.md when every run has finished.
 
   `check`: only the arms of the primary comparisons (the budget check with
-  `patience`, or the other-data check). `max_minutes`: stop after the group in
+  `patience`, or the other-data check), each tested at the level the experiment's own
+  analysis gave it (`verdicts.main_levels`: the experiment must have finished). `max_minutes`: stop after the group in
   progress once that long has passed (progress.md instead of the report).
   Full mode starts only under its committed pre-registration (`preregistration`).
   """
@@ -82,9 +83,11 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
     arms = arms[:protocol.QUICK_ARMS]
   labels = [a.label for a in arms]
   families = protocol.families_of(module, labels)
-  if check:  # the declared families' primary comparisons, corrected among themselves
+  levels = None
+  if check:  # the declared families' primary comparisons, at the experiment's own levels
     families = [dataclasses.replace(f, contrasts=f.primary_contrasts())
                 for f in protocol.families_of(module) if not f.post_hoc]
+    levels = verdicts.main_levels(workdir, module.NAME, quick)  # refused before any file
   command = command or (f'python -m experiments {module.NAME}' + (' --quick' if quick else ''))
   os.makedirs(workdir, exist_ok=True)
   registration = None
@@ -126,7 +129,8 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
   selected = verdicts.select_rates(arms, rows, tuning) if rows else {}
   margin = _margin(module, base_cfg, selected, dataset, labels)
   outcomes = (verdicts.compare_families(families, selected, margin,
-                                        correct=training.correct_loader(workdir))
+                                        correct=training.correct_loader(workdir),
+                                        levels=levels)
               if rows else [])
   ctx = verdicts.Context(quick, workdir, dataset, arms, base_cfg, rows, selected, outcomes,
                          margin, families, registration)

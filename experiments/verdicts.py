@@ -120,6 +120,7 @@ class Outcome:
   contrast: protocol.Contrast
   result: report_lib.Result | None  # None: an arm without a selected rate
   family: protocol.Family | None = None
+  at_levels: bool = False  # tested at levels given beforehand (a check), not by Holm here
 
   @property
   def comparison(self) -> stats.Comparison | None:
@@ -154,36 +155,83 @@ def _test(contrast: protocol.Contrast, pairing, a: Named, b: Named, correct):
   return t
 
 
+def _family_tests(family: protocol.Family, selected: dict[str, Named], correct):
+  """Each contrast's pairing (both arms have a selected rate) and test (2+ paired seeds)."""
+  pairings, tests = {}, {}
+  for c in family.contrasts:
+    a, b = selected[c.arm], selected[c.reference]
+    if a.chosen and b.chosen:
+      pairing = report_lib.pair(_metric_group(a, c.metric, c.label),
+                                _metric_group(b, c.reference_metric or c.metric, c.label),
+                                'value')
+      pairings[c] = pairing
+      if len(pairing.seeds) >= 2:
+        tests[c] = _test(c, pairing, a, b, correct)
+  return pairings, tests
+
+
+def _outcomes(family: protocol.Family, pairings, compared: dict, margin: float | None,
+              at_levels: bool = False) -> list[Outcome]:
+  # The margin is in points of accuracy: a metric on another scale (a cosine) gets
+  # difference verdicts only (its equivalence p-values still count in the family's
+  # Holm, which only makes the others' more cautious).
+  compared = {c: x if margin is not None and c.on_accuracy_scale else _without_equivalence(x)
+              for c, x in compared.items()}
+  return [Outcome(c, report_lib.Result(pairings[c], compared.get(c)) if c in pairings
+                  else None, family, at_levels) for c in family.contrasts]
+
+
 def compare_families(families: Sequence[protocol.Family], selected: dict[str, Named],
                      margin: float | None, alpha: float = protocol.ALPHA,
-                     correct: Callable[[dict[str, Any]], np.ndarray | None] | None = None
-                     ) -> list[Outcome]:
+                     correct: Callable[[dict[str, Any]], np.ndarray | None] | None = None,
+                     levels: dict[str, dict[str, float]] | None = None) -> list[Outcome]:
   """Paired tests of every contrast at each arm's selected rate, Holm-corrected family by
   family. `correct(row)`: a run's per-example test correctness (None if not kept).
-  `margin` None: no equivalence verdicts (the data cannot resolve one)."""
+  `margin` None: no equivalence verdicts (the data cannot resolve one).
+
+  `levels` (a check, `main_levels`): each contrast instead at the levels the experiment's
+  own analysis gave it, {label: {'level', 'equivalence_level'}}, so that a check's verdict
+  differs from the experiment's only through its data, not through a smaller family; a
+  contrast missing there is tested alone at `alpha`.
+  """
   out = []
   for family in families:
-    pairings, tests = {}, {}
-    for c in family.contrasts:
-      a, b = selected[c.arm], selected[c.reference]
-      if a.chosen and b.chosen:
-        pairing = report_lib.pair(_metric_group(a, c.metric, c.label),
-                                  _metric_group(b, c.reference_metric or c.metric, c.label),
-                                  'value')
-        pairings[c] = pairing
-        if len(pairing.seeds) >= 2:
-          tests[c] = _test(c, pairing, a, b, correct)
+    pairings, tests = _family_tests(family, selected, correct)
     testable = list(tests)
-    compared = (stats.compare([tests[c] for c in testable], margin or 1.0, alpha)
-                if testable else [])
-    # The margin is in points of accuracy: a metric on another scale (a cosine) gets
-    # difference verdicts only (its equivalence p-values still count in the family's
-    # Holm, which only makes the others' more cautious).
-    compared = [x if margin is not None and c.on_accuracy_scale else _without_equivalence(x)
-                for c, x in zip(testable, compared)]
-    comparisons = dict(zip(testable, compared))
-    out += [Outcome(c, report_lib.Result(pairings[c], comparisons.get(c)) if c in pairings
-                    else None, family) for c in family.contrasts]
+    if not testable:
+      compared = []
+    elif levels is None:
+      compared = stats.compare([tests[c] for c in testable], margin or 1.0, alpha)
+    else:
+      given = [levels.get(c.label, {}) for c in testable]
+      compared = stats.compare_at(
+          [tests[c] for c in testable], [1 - g.get('level', 1 - alpha) for g in given],
+          [_equivalence_gamma(g, alpha) for g in given], margin or 1.0, alpha)
+    out += _outcomes(family, pairings, dict(zip(testable, compared)), margin,
+                     levels is not None)
+  return out
+
+
+def _equivalence_gamma(given: dict[str, float], alpha: float) -> float:
+  level = given.get('equivalence_level')
+  # nan: the experiment made no equivalence test of it (a metric on another scale); the
+  # check will not make one either (`_without_equivalence`), so any valid level will do.
+  return alpha if level is None or math.isnan(level) else (1 - level) / 2
+
+
+def registered_verdicts(outcomes: Sequence[Outcome], margin: float | None,
+                        alpha: float = protocol.ALPHA) -> dict[str, str]:
+  """A check's verdicts as its comparisons were first registered: Holm among the check's
+  own contrasts, family by family (a lighter correction than the experiment's, which is
+  why checks are now held to the experiment's levels; see `compare_families`)."""
+  out = {}
+  for family in dict.fromkeys(o.family for o in outcomes):
+    tested = [o for o in outcomes if o.family == family and o.comparison]
+    compared = (stats.compare([o.comparison.test for o in tested], margin or 1.0, alpha)
+                if tested else [])
+    for o, x in zip(tested, compared):
+      ok = margin is not None and o.contrast.on_accuracy_scale
+      out[o.contrast.label] = (x if ok else _without_equivalence(x)).verdict
   return out
 
 
@@ -208,7 +256,8 @@ def reading(outcome: Outcome, margin: float) -> str:
   if comp is None:
     return f'{c.label}: not compared: fewer than 2 seeds finished in both.'
   lo, hi = comp.interval
-  return (f'{c.label}: **{comp.verdict}** ({points(comp.test.estimate)} points, Holm '
+  kind = "the experiment's" if outcome.at_levels else 'Holm'
+  return (f'{c.label}: **{comp.verdict}** ({points(comp.test.estimate)} points, {kind} '
           f'{100 * comp.level:.4g}% CI {points(lo)} to {points(hi)}, '
           f'{len(outcome.result.pairing.seeds)} paired seeds)')
 
@@ -356,16 +405,21 @@ VERDICTS_FILE = 'verdicts.json'  # a finished experiment's verdicts, for checks 
 
 def write_verdicts(ctx: Context) -> None:
   out = {}
+  registered = (registered_verdicts(ctx.outcomes, ctx.margin)
+                if any(o.at_levels for o in ctx.outcomes) else {})
   for o in ctx.outcomes:
     if o.comparison:
       out[o.contrast.label] = {'verdict': o.comparison.verdict,
                                'estimate': o.comparison.test.estimate,
                                'interval': list(o.comparison.interval),
                                'level': o.comparison.level,
+                               'equivalence_level': o.comparison.equivalence_level,
                                'test': type(o.comparison.test).__name__,
                                'family': o.family.question if o.family else None,
                                'seeds': len(o.result.pairing.seeds),
                                'runs': paired_run_ids(o, ctx.selected)}
+      if o.contrast.label in registered:  # a check: its verdict as first registered
+        out[o.contrast.label]['verdict_as_registered'] = registered[o.contrast.label]
   cfg = ctx.base_config
   atomic_write(os.path.join(ctx.workdir, VERDICTS_FILE), json.dumps({
       'margin': ctx.margin, 'dataset': cfg.data.dataset, 'patience': cfg.patience,
@@ -389,6 +443,27 @@ def read_verdicts(workdir: str) -> dict[str, Any] | None:
   except (OSError, ValueError):
     return None
   return found if 'comparisons' in found else None  # older files: not this protocol's
+
+
+def main_levels(check_workdir: str, name: str, quick: bool) -> dict[str, dict[str, float]]:
+  """The levels the experiment's own analysis gave each comparison, from its verdicts.json
+  next to the check's workdir (`check_workdirs`); ValueError naming the fix if it has none."""
+  main = os.path.join(os.path.dirname(os.path.abspath(check_workdir)),
+                      name + ('-quick' if quick else ''))
+  command = f'python -m experiments {name}' + (' --quick' if quick else '')
+  found = read_verdicts(main)
+  if found is None:
+    raise ValueError(
+        f'a check of {name} tests each primary comparison at the level {name}\'s own analysis '
+        f'gave it, read from {os.path.join(main, VERDICTS_FILE)}, which does not exist yet; '
+        f'finish the experiment first (`{command}`), in the directory next to the check\'s.')
+  comparisons = found['comparisons']
+  if any('equivalence_level' not in v for v in comparisons.values()):
+    raise ValueError(f'{os.path.join(main, VERDICTS_FILE)} predates the equivalence levels a '
+                     f'check needs; write it again with `{command}` (it re-reports, training '
+                     'nothing).')
+  return {label: {'level': v['level'], 'equivalence_level': v['equivalence_level']}
+          for label, v in comparisons.items()}
 
 
 def check_workdirs(workdir: str, name: str, quick: bool) -> dict[str, str]:

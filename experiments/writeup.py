@@ -151,6 +151,12 @@ def comparisons_section(ctx: verdicts.Context) -> str:
           '"different": the Holm interval excludes 0; "equivalent within +-m": the Holm '
           '(1 - 2 gamma) interval lies inside +-m; "different, but within +-m": both; '
           '"inconclusive": neither.\n\n')
+  if any(o.at_levels for o in ctx.outcomes):
+    text += (f'A check: {protocol.CHECK_LEVELS_AMENDMENT} Its "Holm" columns are therefore at those levels (p '
+             'rescaled to them: p alpha / gamma). As first registered, Holm among this check\'s '
+             'own comparisons, the verdicts were: ' + '; '.join(
+                 f'{label}: {v}' for label, v in verdicts.registered_verdicts(
+                     ctx.outcomes, ctx.margin).items()) + '.\n\n')
   groups: dict[int, list[verdicts.Outcome]] = {}
   families = {}
   for o in ctx.outcomes:
@@ -333,7 +339,8 @@ def write_report(ctx: verdicts.Context, module, sections: Sequence[tuple[str, st
               'nothing.', '']
   if check:
     lines += ['> CHECK: only the arms of the primary comparisons, at the settings in the '
-              'method line below; the main report compares its verdicts.', '']
+              'method line below, each comparison at the experiment\'s own levels (post hoc '
+              'amendment; see Paired comparisons); the main report compares its verdicts.', '']
   lines += [method_text(module, ctx), '']
   if ctx.rows:
     figures = _plots(ctx)

@@ -291,3 +291,31 @@ def compare(tests: Sequence[TTest], margin: float, alpha: float = 0.05) -> list[
     out.append(Comparison(test, pi, pi_holm, 1 - g, interval, pe, pe_holm, 1 - 2 * ge,
                           equivalence_interval, verdict(interval, equivalence_interval, margin)))
   return out
+
+
+def compare_at(tests: Sequence[TTest], gammas: Sequence[float], equivalence_gammas: Sequence[float],
+               margin: float, alpha: float = 0.05) -> list[Comparison]:
+  """Each test at a level fixed beforehand, not corrected with the others: its interval
+  at 1 - gamma and its TOST interval at 1 - 2 gamma_eq, as if it sat at those steps of a
+  family tested elsewhere (a repeat of a family's comparisons, held to the family's
+  levels). p_holm is p rescaled to that level (min(1, p alpha / gamma)), so that it
+  is below alpha exactly when the interval excludes 0; likewise for equivalence.
+  """
+  _check_alpha(alpha)
+  if not margin > 0:
+    raise ValueError(f'equivalence margin={margin} must be > 0.')
+  if not len(tests) == len(gammas) == len(equivalence_gammas):
+    raise ValueError(f'{len(tests)} tests need as many levels (got {len(gammas)} and '
+                     f'{len(equivalence_gammas)}).')
+  out = []
+  for test, g, ge in zip(tests, gammas, equivalence_gammas):
+    for name, x in (('gamma', g), ('equivalence gamma', ge)):
+      if not 0 < x <= alpha * (1 + 1e-9):  # levels read back as 1 - gamma round a little
+        raise ValueError(f'{name}={x} must be in (0, alpha={alpha}].')
+    g, ge = min(g, alpha), min(ge, alpha)
+    p, pe = test.p, test.p_equivalent(margin)
+    interval, equivalence_interval = test.interval(1 - g), test.interval(1 - 2 * ge)
+    out.append(Comparison(test, p, min(1.0, p * alpha / g), 1 - g, interval, pe,
+                          min(1.0, pe * alpha / ge), 1 - 2 * ge, equivalence_interval,
+                          verdict(interval, equivalence_interval, margin)))
+  return out

@@ -471,6 +471,32 @@ def test_holm_corrects_each_family_on_its_own():
   assert [o.comparison.level for o in together] == pytest.approx([1 - 0.05 / 3] * 3)
 
 
+def test_a_check_is_held_to_the_experiments_levels_not_its_own_family():
+  """A check repeats a family's primary comparison alone; tested at the level the
+  experiment's full family gave it, its interval is as wide as there, where Holm over
+  the check's one comparison would give the lighter 95%."""
+  labels = ('ref', 'a', 'b', 'c')
+  arms = [protocol.Arm(label, {}) for label in labels]
+  noise = {'ref': [.80, .80, .80, .80], 'a': [.81, .79, .82, .785],
+           'b': [.79, .815, .78, .81], 'c': [.805, .79, .81, .80]}
+  rows = [r for label in labels for r in _rows(label, [noise[label]], [noise[label]],
+                                                rates=(1e-3,))]
+  selected = verdicts.select_rates(arms, rows)
+  full = _family(*(protocol.Contrast(x, 'ref') for x in 'abc'))
+  main = {o.contrast.label: {'level': o.comparison.level,
+                             'equivalence_level': o.comparison.equivalence_level}
+          for o in verdicts.compare_families([full], selected, 0.005)}
+  alone = _family(protocol.Contrast('a', 'ref'))
+  [checked] = verdicts.compare_families([alone], selected, 0.005, levels=main)
+  [own] = verdicts.compare_families([alone], selected, 0.005)
+  assert checked.at_levels and not own.at_levels
+  assert checked.comparison.level == pytest.approx(1 - 0.05 / 3)  # the full family's step
+  assert own.comparison.level == pytest.approx(0.95)
+  assert checked.comparison.interval[0] < own.comparison.interval[0]
+  assert "the experiment's 98.33% CI" in verdicts.reading(checked, 0.005)
+  assert verdicts.registered_verdicts([checked], 0.005) == {'a - ref': own.comparison.verdict}
+
+
 def test_without_a_margin_no_equivalence_is_claimed():
   arms = [protocol.Arm('ref', {}), protocol.Arm('same', {}), protocol.Arm('up', {})]
   rows = (_rows('ref', [[.8, .81, .82]], [[.8, .81, .82]], rates=(1e-3,)) +
@@ -672,13 +698,22 @@ def test_the_checks_train_the_primary_arms_and_the_main_report_compares_them(idx
   what is tested is the machinery, not the dataset.)"""
   data.load.cache_clear()
   module = importlib.import_module('experiments.learned_kernels')
-  main = tmp_path / module.NAME
+  main = tmp_path / f'{module.NAME}-quick'  # where `--quick` writes it
   checks = verdicts.check_workdirs(str(main), module.NAME, True)
   budget_dir, other_dir = checks['patience 10'], checks[protocol.CHECK_DATASET]
   assert os.path.basename(budget_dir) == f'{module.NAME}-patience10-quick'
   [primary] = protocol.primary_contrasts(module)
   wanted = {primary.arm, primary.reference}
   assert len(wanted) < len(module.arms(True))  # the check trains fewer arms
+  # A check tests at the experiment's own levels, so it waits for the experiment.
+  with pytest.raises(ValueError, match=r'finish the experiment first \(`python -m experiments '
+                     r'learned_kernels --quick`\)'):
+    runner.run(module, budget_dir, quick=True, data_overrides=overrides(idx_dir),
+               patience=protocol.CHECK_PATIENCE, check=True, say=lambda _: None)
+  assert not os.path.exists(budget_dir)  # refused before anything trained
+  runner.run(module, str(main), quick=True, data_overrides=overrides(idx_dir),
+             say=lambda _: None)
+  levels = verdicts.read_verdicts(str(main))['comparisons'][primary.label]
   # The budget check: patience 10, and in quick mode a cap of 2 epochs.
   status = runner.run(module, budget_dir, quick=True, data_overrides=overrides(idx_dir),
                       patience=protocol.CHECK_PATIENCE, check=True, say=lambda _: None)
@@ -698,6 +733,12 @@ def test_the_checks_train_the_primary_arms_and_the_main_report_compares_them(idx
   assert 'Reached the cap before the plateau rule stopped them' in stopped
   there_budget = verdicts.read_verdicts(budget_dir)
   assert set(there_budget['comparisons']) == {primary.label}
+  # ... at the experiment's levels (post hoc amendment), with the registered verdict beside.
+  checked = there_budget['comparisons'][primary.label]
+  assert checked['level'] == levels['level']
+  assert checked['equivalence_level'] == pytest.approx(levels['equivalence_level'], nan_ok=True)
+  assert checked['verdict_as_registered'] in text
+  assert "the experiment's own levels (post hoc amendment" in text
   # The other-data check: only the primary arms again.
   status = runner.run(module, other_dir, quick=True, data_overrides=overrides(idx_dir),
                       check=True, say=lambda _: None)
@@ -839,10 +880,10 @@ def test_a_preregistration_states_every_family_arm_and_the_protocol(name):
                 f'patience {protocol.CHECK_PATIENCE}, at most {protocol.CHECK_MAX_EPOCHS} epochs',
                 f'other data: {protocol.CHECK_DATASET}'):
     assert words in text, words
-  if any(f.post_hoc for f in protocol.families_of(module)):
-    assert later.lstrip().startswith(preregistration.POST_HOC_HEADING)
-  else:  # nothing post hoc: the whole document is the registered part
-    assert preregistration.POST_HOC_HEADING not in text and registered == text
+  # Post hoc: the families added later, and the amendment of how checks are tested.
+  assert later.lstrip().startswith(preregistration.POST_HOC_HEADING)
+  assert f'Checks: {protocol.CHECK_LEVELS_AMENDMENT}' in later
+  assert 'Amended post hoc (2026-12-05)' not in registered
 
 
 @pytest.mark.parametrize('name', TRAINING)
@@ -948,8 +989,10 @@ def test_a_run_starts_only_under_its_committed_preregistration(git_root, tmp_pat
   assert preregistration.recorded(first) == record
   assert check(module, first) == record  # a later invocation under the same one
   # The file edited, and not as the module states it: refused.
-  with open(target, 'a') as f:
-    f.write('- one more arm\n')
+  with open(target) as f:
+    document = f.read()
+  with open(target, 'w') as f:  # in the registered part (not the post hoc section)
+    f.write(document.replace('## Arms\n\n', '## Arms\n\n- one more arm\n'))
   with pytest.raises(ValueError, match='differs from what experiments/learned_kernels.py'):
     check(module, first)
   # As the module states it, but the committed file is another: refused until committed.
@@ -990,6 +1033,8 @@ def test_full_mode_refuses_to_start_without_its_preregistration(idx_dir, tmp_pat
   """Checked before any data is loaded or run trained: the study, and its checks."""
   monkeypatch.setattr(preregistration, 'DIRECTORY', str(tmp_path / 'none'))
   module = importlib.import_module('experiments.learned_kernels')
+  os.makedirs(tmp_path / 'learned_kernels')  # the experiment a check reads its levels from
+  (tmp_path / 'learned_kernels' / verdicts.VERDICTS_FILE).write_text('{"comparisons": {}}')
   for kwargs in ({}, {'patience': protocol.CHECK_PATIENCE, 'check': True}):
     workdir = tmp_path / f'w{len(kwargs)}'
     with pytest.raises(ValueError, match='learned_kernels has no pre-registration'):

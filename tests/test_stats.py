@@ -103,6 +103,29 @@ def test_holm_intervals_exclude_zero_exactly_when_holm_rejects():
       assert c.level >= 0.95 - 1e-12  # never narrower than uncorrected
 
 
+def test_compare_at_given_levels_matches_holm_at_holms_levels():
+  """A family repeated elsewhere, held to the levels Holm gave it here, gets the same
+  intervals and verdicts; at any given level, p_holm < alpha exactly when the interval
+  excludes 0 (and likewise for equivalence)."""
+  rng = random.Random(1)
+  for _ in range(100):
+    tests = [stats.TTest(rng.gauss(0, 1), rng.uniform(0.2, 1), rng.randint(2, 9), 10)
+             for _ in range(rng.randint(1, 6))]
+    holm = stats.compare(tests, margin=1.5)
+    again = stats.compare_at(tests, [1 - c.level for c in holm],
+                             [(1 - c.equivalence_level) / 2 for c in holm], margin=1.5)
+    for c, d in zip(holm, again):
+      assert d.interval == pytest.approx(c.interval) and d.verdict == c.verdict
+      assert d.equivalence_interval == pytest.approx(c.equivalence_interval)
+      assert (d.interval[0] > 0 or d.interval[1] < 0) == (d.p_holm < 0.05)
+      inside = -1.5 < d.equivalence_interval[0] and d.equivalence_interval[1] < 1.5
+      assert inside == (d.p_equivalent_holm < 0.05)
+  with pytest.raises(ValueError, match=r'gamma=0.1 must be in \(0, alpha=0.05\]'):
+    stats.compare_at(tests[:1], [0.1], [0.01], margin=1.5)
+  with pytest.raises(ValueError, match='1 tests need as many levels'):
+    stats.compare_at(tests[:1], [0.01, 0.01], [0.01], margin=1.5)
+
+
 @SCIPY
 def test_tost_on_the_sleep_data_by_hand():
   # Paired differences: mean -1.58, sd 1.22999548, n 10, se = sd / sqrt(10) = 0.38895872.
