@@ -59,8 +59,9 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
 
   `check`: only the arms of the primary comparisons (the budget check with
   `patience`, or the other-data check), each tested at the level the experiment's own
-  analysis gave it (`verdicts.main_levels`: the experiment must have finished). `max_minutes`: stop after the group in
-  progress once that long has passed (progress.md instead of the report).
+  analysis gave it (`verdicts.main_levels`: the experiment must have finished).
+  `max_minutes`: stop after the group in progress once that long has passed (progress.md
+  instead of the report).
   Full mode starts only under its committed pre-registration (`preregistration`).
   """
   start = time.perf_counter()

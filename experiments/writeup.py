@@ -152,8 +152,9 @@ def comparisons_section(ctx: verdicts.Context) -> str:
           '(1 - 2 gamma) interval lies inside +-m; "different, but within +-m": both; '
           '"inconclusive": neither.\n\n')
   if any(o.at_levels for o in ctx.outcomes):
-    text += (f'A check: {protocol.CHECK_LEVELS_AMENDMENT} Its "Holm" columns are therefore at those levels (p '
-             'rescaled to them: p alpha / gamma). As first registered, Holm among this check\'s '
+    text += (f'A check: {protocol.CHECK_LEVELS_AMENDMENT} Its "Holm" columns are therefore '
+             'at those levels (p rescaled to them: p alpha / gamma). As first registered, Holm '
+             'among this check\'s '
              'own comparisons, the verdicts were: ' + '; '.join(
                  f'{label}: {v}' for label, v in verdicts.registered_verdicts(
                      ctx.outcomes, ctx.margin).items()) + '.\n\n')
