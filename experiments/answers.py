@@ -149,7 +149,8 @@ def table() -> str:
   tally = [f'{counts[f"held:{c}"]} of {counts[f"checked:{c}"]} checked hold under {c}'
            for c in checks]
   lines += ['', f'Robustness (computed by `python -m experiments.answers` from every check\'s '
-            f'verdicts): {counts["primary"]} primary verdicts'
+            'verdicts, each check at its experiment\'s own levels, a post hoc amendment: '
+            f'[the checks](docs/experiments.md#the-checks)): {counts["primary"]} primary verdicts'
             + (f'; {"; ".join(tally)}; {counts["hold_all"]} of {counts["checked_all"]} hold in '
                'every check' if tally else '; no check has run yet') + '.']
   return '\n'.join(lines)
