@@ -82,8 +82,11 @@ def _check_cell(label: str, checks: dict[str, dict | None], main: dict,
     if held[title] is False:  # what the check found instead
       word += f' ({verdicts.category(there["verdict"])} there)'
     words.append(f'{title}: {word}')
-  measured = f'{found.get("dataset", "?")}, patience {found.get("patience")}'
-  return '; '.join([measured] + words), held
+  return '; '.join([_measured(found)] + words), held
+
+
+def _measured(found: dict) -> str:
+  return f'{found.get("dataset", "?")}, patience {found.get("patience")}'
 
 
 def rows_and_counts() -> tuple[list[list[str]], dict[str, int]]:
@@ -117,10 +120,11 @@ def rows_and_counts() -> tuple[list[list[str]], dict[str, int]]:
         unit = ' (cosine x100)' if c.metric.startswith('feature_cos') else ''
         effects.append(f'{_points(v["estimate"])} [{_points(lo)}, {_points(hi)}]{unit}')
         verdict_cells.append(v['verdict'])
+        if family.post_hoc:  # reported, labelled, never checked nor counted
+          where.append(f'{_measured(found)}; not checked (post hoc)')
+          continue
         cell, held = _check_cell(c.label, checks, v, found)
         where.append(cell)
-        if family.post_hoc:  # reported, labelled, never checked nor counted
-          continue
         counts['primary'] += 1
         for check_title, ok in held.items():
           per_check.setdefault(check_title, [0, 0])

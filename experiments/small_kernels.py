@@ -13,12 +13,21 @@ The checks train the primary comparisons' 5 arms only: --patience=10 and
 --dataset=animal_mnist (docs/experiments.md#the-checks). Its gap-head pair (Q5b) is
 declared post hoc; its pre-registration says why.
 
-Expected runtime: not yet measured under this protocol; the first group prints an
-estimate for the whole experiment on the machine at hand.
+Expected runtime (the 2-core CPU machine, 2026-12-04 and 05, shared with another
+experiment or the tests, so an upper bound): 192 runs as run (seven grid extensions), over
+several invocations; the report sums 188.6 minutes of the runs' own compile and training
+time (about 59 s a run). Its checks: see docs/experiments.md#wall-time.
 
-Result: not yet re-run under the pre-registered protocol
-(experiments/preregistration/small_kernels.md); the superseded study's result is in git
-history at 33b43d5 (`git show 33b43d5:experiments/results/small_kernels/report.md`).
+Result (experiments/results/small_kernels/report.md, under its pre-registration): two
+3x3 per block beat the note's 5x5 by 0.65 points (Holm 99% CI +0.20 to +1.09); without
+the activation between them the stack is equivalent to the 5x5 within +-0.5 points
+(+0.01, -0.43 to +0.47), and that activation is the gain (+0.64, +0.21 to +1.10). Two 3x3
+in one block only, and one 3x3 per block: inconclusive. 1x1 costs 3.64 points (-4.84 to
+-2.45). The stack is not cheaper here: LeNet's first conv has one input channel and the
+second 3x3 runs at 28x28, so two 3x3 per block have 3,590 conv parameters and 651k MACs
+against the 5x5's 2,572 and 358k. Q5b (post hoc, not checked): with a global-average-
+pooling head one 3x3 per block is 2.13 points below one 5x5 (-3.00 to -1.26); 2 of that
+5x5 arm's 10 reported runs reached the 50-epoch cap (flagged, not shown converged).
 """
 import os
 

@@ -86,3 +86,20 @@ def test_a_quick_or_unregistered_report_answers_nothing(tmp_path, monkeypatch):
   rows, counts = answers.rows_and_counts()
   assert next(r for r in rows if r[0] == 'Q7')[2].startswith('Pending')
   assert counts['primary'] == 0
+
+
+def test_a_post_hoc_family_is_shown_labelled_but_never_checked_nor_counted(tmp_path, monkeypatch):
+  monkeypatch.setattr(answers, 'RESULTS', str(tmp_path))
+  primary = 'two 3x3 per block - one 5x5 per block (note)'
+  later = 'gap head, one 3x3 per block - gap head, one 5x5 per block'
+  _verdicts(tmp_path / 'small_kernels', {primary: _v('different', 0.0065, 0.002, 0.011),
+                                         later: _v('different', -0.021, -0.03, -0.013)})
+  _verdicts(tmp_path / 'small_kernels-patience10', {primary: _v('different', 0.006, 0.001, 0.01)},
+            patience=10)
+  rows, counts = answers.rows_and_counts()
+  q5b = next(r for r in rows if r[0] == 'Q5b')
+  assert '*(post hoc)*' in q5b[1] and 'lower' in q5b[2]
+  assert q5b[5] == 'fashion_mnist, patience 5; not checked (post hoc)'
+  q5 = next(r for r in rows if r[0] == 'Q5')
+  assert 'patience 10: holds' in q5[5]
+  assert counts['primary'] == 1  # Q5's compared primary; Q5b's is not counted
