@@ -14,6 +14,8 @@ Several comparisons are corrected together by `compare`:
     (1 - 2 gamma) interval lies inside +-margin exactly when Holm rejects
     "the difference is at least the margin";
   * `verdict` turns the two intervals into words.
+`compare_at` tests each comparison at a level given beforehand instead (a family's
+comparisons repeated elsewhere, held to the levels Holm gave them in the family).
 
 scipy is imported inside the functions that need it (t quantiles and tail
 probabilities), so importing this module is cheap, and `format_mean_std`, which
