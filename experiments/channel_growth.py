@@ -12,12 +12,15 @@ not improved for 5 epochs (at most 50) and reports its best-on-validation model
 The checks train the primary comparisons' 4 arms only: --patience=10 and
 --dataset=animal_mnist (docs/experiments.md#the-checks).
 
-Expected runtime: not yet measured under this protocol; the first group prints an
-estimate for the whole experiment on the machine at hand.
+Expected runtime (the 2-core CPU machine, 2026-12-04 and 05, mostly shared with another
+experiment, so an upper bound): 208 runs as run, over several invocations; the report sums
+203.9 minutes of the runs' own compile and training time (about 59 s a run).
 
-Result: not yet re-run under the pre-registered protocol
-(experiments/preregistration/channel_growth.md); the superseded study's result is in git
-history at 33b43d5 (`git show 33b43d5:experiments/results/channel_growth/report.md`).
+Result (experiments/results/channel_growth/report.md, under its pre-registration): against
+the note's 6 -> 16, shrinking 16 -> 6 (-0.06 points, Holm CI -0.48 to +0.41) and constant
+10 -> 10 (-0.06, -0.47 to +0.35) are equivalent within +-0.5 points, so the growth is not
+what matters at this budget; more channels, 16 -> 32, are higher (+0.68, +0.15 to +1.18).
+Its checks had not run when this was written.
 """
 import os
 
