@@ -171,14 +171,14 @@ def _family_tests(family: protocol.Family, selected: dict[str, Named], correct):
 
 
 def _outcomes(family: protocol.Family, pairings, compared: dict, margin: float | None,
-              at_levels: bool = False) -> list[Outcome]:
+              given: frozenset[str] = frozenset()) -> list[Outcome]:
   # The margin is in points of accuracy: a metric on another scale (a cosine) gets
   # difference verdicts only (its equivalence p-values still count in the family's
   # Holm, which only makes the others' more cautious).
   compared = {c: x if margin is not None and c.on_accuracy_scale else _without_equivalence(x)
               for c, x in compared.items()}
   return [Outcome(c, report_lib.Result(pairings[c], compared.get(c)) if c in pairings
-                  else None, family, at_levels) for c in family.contrasts]
+                  else None, family, c.label in given) for c in family.contrasts]
 
 
 def compare_families(families: Sequence[protocol.Family], selected: dict[str, Named],
@@ -207,8 +207,10 @@ def compare_families(families: Sequence[protocol.Family], selected: dict[str, Na
       compared = stats.compare_at(
           [tests[c] for c in testable], [1 - g.get('level', 1 - alpha) for g in given],
           [_equivalence_gamma(g, alpha) for g in given], margin or 1.0, alpha)
+    # Only a contrast tested at the experiment's level says so; one missing there was
+    # tested alone at alpha, and its report reads "Holm", not "the experiment's".
     out += _outcomes(family, pairings, dict(zip(testable, compared)), margin,
-                     levels is not None)
+                     frozenset(levels or ()))
   return out
 
 
