@@ -450,14 +450,19 @@ def test_test_accuracy_is_compared_by_a_bootstrap_over_seeds_and_test_images():
   assert fallback.comparison.test.estimate == pytest.approx(test.estimate)
 
 
-def test_holm_corrects_each_family_on_its_own():
+def _four_arms():
+  """A reference and three arms whose differences from it are noise: nothing is rejected."""
   labels = ('ref', 'a', 'b', 'c')
   arms = [protocol.Arm(label, {}) for label in labels]
   noise = {'ref': [.80, .80, .80, .80], 'a': [.81, .79, .82, .785],
            'b': [.79, .815, .78, .81], 'c': [.805, .79, .81, .80]}
   rows = [r for label in labels for r in _rows(label, [noise[label]], [noise[label]],
                                                 rates=(1e-3,))]
-  selected = verdicts.select_rates(arms, rows)
+  return verdicts.select_rates(arms, rows)
+
+
+def test_holm_corrects_each_family_on_its_own():
+  selected = _four_arms()
   first = _family(protocol.Contrast('a', 'ref'), protocol.Contrast('b', 'ref'), question='F1')
   second = _family(protocol.Contrast('c', 'ref'), question='F2')
   outcomes = verdicts.compare_families([first, second], selected, 0.005)
@@ -475,13 +480,7 @@ def test_a_check_is_held_to_the_experiments_levels_not_its_own_family():
   """A check repeats a family's primary comparison alone; tested at the level the
   experiment's full family gave it, its interval is as wide as there, where Holm over
   the check's one comparison would give the lighter 95%."""
-  labels = ('ref', 'a', 'b', 'c')
-  arms = [protocol.Arm(label, {}) for label in labels]
-  noise = {'ref': [.80, .80, .80, .80], 'a': [.81, .79, .82, .785],
-           'b': [.79, .815, .78, .81], 'c': [.805, .79, .81, .80]}
-  rows = [r for label in labels for r in _rows(label, [noise[label]], [noise[label]],
-                                                rates=(1e-3,))]
-  selected = verdicts.select_rates(arms, rows)
+  selected = _four_arms()
   full = _family(*(protocol.Contrast(x, 'ref') for x in 'abc'))
   main = {o.contrast.label: {'level': o.comparison.level,
                              'equivalence_level': o.comparison.equivalence_level}
