@@ -123,6 +123,8 @@ def rows_and_counts() -> tuple[list[list[str]], dict[str, int], set[str]]:
   measured = {_measured(found) for _, _, found, _ in experiments if found}
   for name, module, found, checks in experiments:
     link = f'[{name}](experiments/results/{name}/report.md)'
+    # the data and budget rule go in each cell only where experiments differ (else below)
+    here = f'{_measured(found)}; ' if found and len(measured) > 1 else ''
     for family in protocol.families_of(module):
       title = family.title + (' *(post hoc)*' if family.post_hoc else '')
       if found is None:
@@ -142,7 +144,6 @@ def rows_and_counts() -> tuple[list[list[str]], dict[str, int], set[str]]:
         answers.append(_answer(c, v, found['margin']))
         unit = ' (cosine x100)' if c.metric.startswith('feature_cos') else ''
         effects.append(f'{_points(v["estimate"])} [{_points(lo)}, {_points(hi)}]{unit}')
-        here = f'{_measured(found)}; ' if len(measured) > 1 else ''
         if family.post_hoc:  # reported, labelled, never checked nor counted
           where.append(f'{here}not checked (post hoc)')
           continue
