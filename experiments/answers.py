@@ -19,6 +19,7 @@ import os
 import sys
 
 from experiments import EXPERIMENTS
+from experiments import preregistration
 from experiments import protocol
 from experiments import verdicts
 from lenet_jax import arch
@@ -79,15 +80,16 @@ def registered(found: dict | None) -> dict | None:
   return found
 
 
-def _check_cell(label: str, checks: dict[str, dict | None], main: dict) -> tuple[str, dict]:
+def _check_cell(label: str, checks: dict[str, dict | None], main: dict,
+                started: set[str]) -> tuple[str, dict]:
   """Whether the verdict holds in each check: per check True (holds), False (does not),
-  None (not run, or not assessable there)."""
+  None (not run, still in progress, or not assessable there)."""
   held, words = {}, []
   for title, checked in checks.items():
     there = (checked or {}).get('comparisons', {}).get(label)
     if there is None:
       held[title] = None
-      words.append(f'{title}: not run')
+      words.append(f'{title}: {"in progress" if title in started else "not run"}')
       continue
     held[title] = verdicts.agrees(main, there, checked.get('margin'))
     word = {True: 'holds', False: 'does not hold', None: 'not assessable'}[held[title]]
@@ -102,15 +104,19 @@ def _measured(found: dict) -> str:
 
 
 def _experiments():
-  """(name, module, its registered verdicts or None, its checks' verdicts) per trained experiment."""
+  """(name, module, its registered verdicts or None, its checks' verdicts, the checks
+  started but not finished) per trained experiment."""
   for name in EXPERIMENTS:
     module = importlib.import_module(f'experiments.{name}')
     if not module.TRAINS:
       continue
     workdir = os.path.join(RESULTS, name)
-    checks = {title: registered(verdicts.read_verdicts(d))
-              for title, d in verdicts.check_workdirs(workdir, name, False).items()}
-    yield name, module, registered(verdicts.read_verdicts(workdir)), checks
+    where = verdicts.check_workdirs(workdir, name, False)
+    checks = {title: registered(verdicts.read_verdicts(d)) for title, d in where.items()}
+    # a check's first invocation records its pre-registration before it trains anything
+    started = {title for title, d in where.items() if checks[title] is None
+               and os.path.exists(os.path.join(d, preregistration.RECORD_FILE))}
+    yield name, module, registered(verdicts.read_verdicts(workdir)), checks, started
 
 
 def rows_and_counts() -> tuple[list[list[str]], dict[str, int], set[str]]:
@@ -120,8 +126,8 @@ def rows_and_counts() -> tuple[list[list[str]], dict[str, int], set[str]]:
   counts = {'primary': 0, 'checked_all': 0, 'hold_all': 0}
   per_check: dict[str, list[int]] = {}
   experiments = list(_experiments())
-  measured = {_measured(found) for _, _, found, _ in experiments if found}
-  for name, module, found, checks in experiments:
+  measured = {_measured(found) for _, _, found, _, _ in experiments if found}
+  for name, module, found, checks, started in experiments:
     link = f'[{name}](experiments/results/{name}/report.md)'
     # the data and budget rule go in each cell only where experiments differ (else below)
     here = f'{_measured(found)}; ' if found and len(measured) > 1 else ''
@@ -147,7 +153,7 @@ def rows_and_counts() -> tuple[list[list[str]], dict[str, int], set[str]]:
         if family.post_hoc:  # reported, labelled, never checked nor counted
           where.append(f'{here}not checked (post hoc)')
           continue
-        cell, held = _check_cell(c.label, checks, v)
+        cell, held = _check_cell(c.label, checks, v, started)
         where.append(here + cell)
         counts['primary'] += 1
         for check_title, ok in held.items():

@@ -3,6 +3,7 @@ import json
 import os
 
 from experiments import answers
+from experiments import preregistration
 from experiments import verdicts
 
 
@@ -57,6 +58,19 @@ def test_a_difference_of_opposite_sign_does_not_hold(tmp_path, monkeypatch):
   rows, counts, _ = answers.rows_and_counts()
   assert counts['held:patience 10'] == 0
   assert 'animal_mnist: not run' in next(r for r in rows if r[0] == 'Q7')[4]
+
+
+def test_a_check_still_running_says_in_progress_and_is_not_counted(tmp_path, monkeypatch):
+  monkeypatch.setattr(answers, 'RESULTS', str(tmp_path))
+  label = 'conv1 frozen at random init - all layers learned'
+  _verdicts(tmp_path / 'learned_kernels', {label: _v('different', -0.007, -0.010, -0.004)})
+  started = tmp_path / 'learned_kernels-animal_mnist'
+  started.mkdir()
+  (started / preregistration.RECORD_FILE).write_text('{}')  # written before any training
+  rows, counts, _ = answers.rows_and_counts()
+  cell = next(r for r in rows if r[0] == 'Q7')[4]
+  assert cell == 'patience 10: not run; animal_mnist: in progress'
+  assert counts['checked:animal_mnist'] == 0 and counts['checked_all'] == 0
 
 
 def test_equivalence_holds_across_margins_and_is_not_assessable_without_one(tmp_path, monkeypatch):
