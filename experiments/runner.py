@@ -19,8 +19,9 @@ experiment's full mode starts only under its committed pre-registration
 its primary comparisons.
 
 `run` trains only the runs that have not finished (`training`), stops after
-the group in progress once `max_minutes` have passed, and writes report.md only
-when every run exists (progress.md until then).
+the group in progress once `max_minutes` have passed (or at the epoch in progress
+on Ctrl-C or SIGTERM, its finished runs recorded), and writes report.md only
+when every run exists (progress.md until then, written at either stop).
 
 The pieces, in import order (each imports only those before it): `protocol`
 (budget, arms, plan), `training` (training a plan and its files), `verdicts`
@@ -106,21 +107,27 @@ def run(module, workdir: str, quick: bool, data_overrides: dict[str, Any] | None
     group_size = len(reported) + len(tuning) * max(len(g) for g in grids.values())
     chosen: dict[str, float] = {}
     with workdir_lib.sweep_lock(workdir):
-      while True:  # tune (extending grids past winning edges), then the report seeds
-        plan = protocol.make_plan(arms, base_cfg, tuning, reported, dataset, quick, grids,
-                                  chosen)
-        total = sum(protocol.planned_total(arms, base_cfg, tuning, reported, quick,
-                                           grids).values())
-        left = None if max_minutes is None else max_minutes - (time.perf_counter() - start) / 60
-        rows, just_trained = training.train_plan(plan, dataset, workdir,
-                                                 getattr(module, 'KEEP_PARAMS', ()), extra,
-                                                 left, group_size, say, total)
-        trained += just_trained
-        state = verdicts.tuning_grids(arms, base_cfg, quick, rows, tuning)
-        if state == (grids, chosen) or (max_minutes is not None and
-                                        time.perf_counter() - start >= 60 * max_minutes):
-          break
-        grids, chosen = state
+      try:
+        while True:  # tune (extending grids past winning edges), then the report seeds
+          plan = protocol.make_plan(arms, base_cfg, tuning, reported, dataset, quick, grids,
+                                    chosen)
+          total = sum(protocol.planned_total(arms, base_cfg, tuning, reported, quick,
+                                             grids).values())
+          left = (None if max_minutes is None
+                  else max_minutes - (time.perf_counter() - start) / 60)
+          rows, just_trained = training.train_plan(plan, dataset, workdir,
+                                                   getattr(module, 'KEEP_PARAMS', ()), extra,
+                                                   left, group_size, say, total)
+          trained += just_trained
+          state = verdicts.tuning_grids(arms, base_cfg, quick, rows, tuning)
+          if state == (grids, chosen) or (max_minutes is not None and
+                                          time.perf_counter() - start >= 60 * max_minutes):
+            break
+          grids, chosen = state
+      except training.Interrupted as stop:  # progress.md as --max_minutes writes it; exit 130
+        totals = protocol.planned_total(arms, base_cfg, tuning, reported, quick, grids)
+        writeup.write_progress(module, workdir, totals, stop.rows, command)
+        raise
     if len(rows) < len(plan) or state != (grids, chosen):  # runs left, or tuning not done
       totals = protocol.planned_total(arms, base_cfg, tuning, reported, quick, state[0])
       text = writeup.write_progress(module, workdir, totals, rows, command)

@@ -88,6 +88,15 @@ def load_result(workdir: str, cfg: Config) -> loop.RunResult:
                         history=history, params=params)
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C or SIGTERM stopped `train_plan`, after the runs that had finished were
+  recorded and packed as at a group's end; `rows` are theirs."""
+
+  def __init__(self, rows: list[dict[str, Any]]):
+    super().__init__()
+    self.rows = rows
+
+
 def _hours(seconds: float) -> str:
   return f'{seconds / 3600:.1f} h' if seconds >= 3600 else f'{seconds / 60:.0f} min'
 
@@ -139,45 +148,55 @@ def train_plan(plan: Sequence[protocol.Planned], dataset: data_lib.Dataset, work
              for whole in sweep_lib.groups([run.config for run in plan], max_models=group_size)]
   batches = [(whole, members) for whole, members in batches if members]
   trained_epochs, trained_seconds, trained_runs = 0, 0.0, 0
-  for g, (whole, members) in enumerate(batches, start=1):
-    group_start, group_epochs = time.monotonic(), 0
-    checkpoints = runs.group_dir(workdir, whole)
-    for res in loop.train_group(members, dataset, checkpoint_dir=checkpoints,
-                                run_ids=[run_id(c) for c in members],
-                                checkpoint_every=CHECKPOINT_EVERY_SECONDS, say=say):
-      row = runs.write_run(workdir, res)
-      group_epochs += len(res.history)
-      res = best_model(res)
-      if res.config.seed in keep_params:
-        runs.write_params(workdir, res.config, jax.device_get(res.params))
-      if extra is not None:
-        values = extra(res) if res.status == 'ok' else {}
-        runs.write_extra(workdir, res.config, values)
-        row.update(values)
-      row['arm'] = arm_of[row['run_id']]
-      rows[row['run_id']] = reported(row)
-    runs.write_results(workdir, ordered())
-    shutil.rmtree(checkpoints, ignore_errors=True)  # every run of the group is written
-    trained_runs += len(members)
-    trained_epochs += group_epochs
-    trained_seconds += time.monotonic() - group_start
-    per_run = trained_seconds / trained_runs  # a plateau rule stops runs at different epochs
-    everything = max(total or 0, len(plan))
-    left = everything - len(rows)
-    arm = arm_of[run_id(members[0])]
-    say(f'[{g}/{len(batches)}] {arm}: {len(members)} runs ({group_epochs} epochs) in '
-        f'{time.monotonic() - group_start:.0f}s; {len(rows)} of {everything} done')
-    if g == 1:
-      say(f'estimate: the whole experiment is {everything} runs x {per_run:.0f} s per run '
-          f'({trained_epochs / trained_runs:.1f} epochs; measured on {arm}; arms differ) = '
-          f'{_hours(everything * per_run)} on this machine')
-    say(f'about {_hours(left * per_run)} of training left')
-    if max_minutes is not None and time.monotonic() - start >= 60 * max_minutes:
-      break
-  if rows:
-    runs.write_results(workdir, ordered())
-  runs.pack(workdir)  # the finished runs' files into one (runs.ARCHIVE_FILE)
+  try:
+    for g, (whole, members) in enumerate(batches, start=1):
+      group_start, group_epochs = time.monotonic(), 0
+      checkpoints = runs.group_dir(workdir, whole)
+      for res in loop.train_group(members, dataset, checkpoint_dir=checkpoints,
+                                  run_ids=[run_id(c) for c in members],
+                                  checkpoint_every=CHECKPOINT_EVERY_SECONDS, say=say):
+        row = runs.write_run(workdir, res)
+        group_epochs += len(res.history)
+        res = best_model(res)
+        if res.config.seed in keep_params:
+          runs.write_params(workdir, res.config, jax.device_get(res.params))
+        if extra is not None:
+          values = extra(res) if res.status == 'ok' else {}
+          runs.write_extra(workdir, res.config, values)
+          row.update(values)
+        row['arm'] = arm_of[row['run_id']]
+        rows[row['run_id']] = reported(row)
+      runs.write_results(workdir, ordered())
+      shutil.rmtree(checkpoints, ignore_errors=True)  # every run of the group is written
+      trained_runs += len(members)
+      trained_epochs += group_epochs
+      trained_seconds += time.monotonic() - group_start
+      per_run = trained_seconds / trained_runs  # a plateau rule stops runs at different epochs
+      everything = max(total or 0, len(plan))
+      left = everything - len(rows)
+      arm = arm_of[run_id(members[0])]
+      say(f'[{g}/{len(batches)}] {arm}: {len(members)} runs ({group_epochs} epochs) in '
+          f'{time.monotonic() - group_start:.0f}s; {len(rows)} of {everything} done')
+      if g == 1:
+        say(f'estimate: the whole experiment is {everything} runs x {per_run:.0f} s per run '
+            f'({trained_epochs / trained_runs:.1f} epochs; measured on {arm}; arms differ) = '
+            f'{_hours(everything * per_run)} on this machine')
+      say(f'about {_hours(left * per_run)} of training left')
+      if max_minutes is not None and time.monotonic() - start >= 60 * max_minutes:
+        break
+  except KeyboardInterrupt:
+    # Runs that finished inside the stopped group are recorded as at a group's end, so
+    # the workdir can be committed or read as it is; the group's checkpoint is kept.
+    _record(workdir, ordered())
+    raise Interrupted(ordered()) from None
+  _record(workdir, ordered())
   return ordered(), trained_runs
+
+
+def _record(workdir: str, rows: list[dict[str, Any]]) -> None:
+  if rows:
+    runs.write_results(workdir, rows)
+  runs.pack(workdir)  # the finished runs' files into one (runs.ARCHIVE_FILE)
 
 
 def stray_runs(workdir: str, plan: Sequence[protocol.Planned]) -> list[str]:

@@ -815,7 +815,9 @@ def test_the_command_line_preregisters_and_names_the_check_workdirs(tmp_path):
 
 
 def test_the_command_line_is_quiet_and_stops_cleanly_on_sigterm(tmp_path):
-  """No orbax INFO pages; SIGTERM (a scheduler's stop) ends it as Ctrl-C does: one line, 130."""
+  """No orbax INFO pages; SIGTERM (a scheduler's stop) ends it as Ctrl-C does: one line, 130,
+  with the runs finished so far recorded and packed and progress.md written, as at a
+  --max_minutes stop, so the workdir can be committed as it is."""
   workdir = tmp_path / 'w'
   proc = subprocess.Popen([sys.executable, '-u', '-m', 'experiments', 'learned_kernels',
                            '--quick', f'--workdir={workdir}'], cwd=ROOT, text=True,
@@ -825,6 +827,10 @@ def test_the_command_line_is_quiet_and_stops_cleanly_on_sigterm(tmp_path):
     seen.append(proc.stdout.readline())
     assert seen[-1] or proc.poll() is None
   assert any('runs (0 already finished' in line for line in seen)
+  seen.append(proc.stdout.readline())
+  while not (seen[-1].startswith('training ') and any(l.startswith('[1/') for l in seen)):
+    seen.append(proc.stdout.readline())  # ... until it has finished and the second begun
+    assert seen[-1] or proc.poll() is None
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err
@@ -833,6 +839,10 @@ def test_the_command_line_is_quiet_and_stops_cleanly_on_sigterm(tmp_path):
   assert 'Traceback' not in err and 'checkpoint_manager' not in err, err
   assert err.strip().splitlines()[-1].startswith(f'interrupted; every finished run and epoch '
                                                  f'checkpoint is in {workdir}')
+  first = next(line for line in seen if line.startswith('[1/'))  # '[1/3] arm: 4 runs ...'
+  finished = int(first.split(': ', 1)[1].split(' runs', 1)[0])
+  assert len(runs.run_ids(workdir)) == finished and not list(workdir.glob('runs/*'))
+  assert f'{finished} of ' in (workdir / 'progress.md').read_text()
 
 
 def test_shapes_gives_the_reasons_for_shrinking_and_thickening():
