@@ -22,8 +22,10 @@ the note's 6 -> 16, shrinking 16 -> 6 (-0.06 points, Holm CI -0.48 to +0.41) and
 what matters at this budget; more channels, 16 -> 32, are higher (+0.68, +0.15 to +1.18).
 On animal_mnist (82 runs, 15.9 minutes wall; margin +-0.35 points there) 16 -> 32 is higher
 again (+1.16, 99.29% CI +0.27 to +2.02), but 16 -> 6 (-0.66, -1.65 to +0.39) and 10 -> 10
-(+0.15, -0.66 to +1.00) are inconclusive, so those equivalences do not hold there. The
-patience-10 check had 84 of its 94 runs when this was written.
+(+0.15, -0.66 to +1.00) are inconclusive, so those equivalences do not hold there. Under
+patience 10 (94 runs, their report summing 190.2 minutes) 16 -> 32 is higher (+0.66, 99.29%
+CI +0.25 to +1.07) and 16 -> 6 equivalent (+0.06, -0.36 to +0.47) again, but 10 -> 10 is
+inconclusive (-0.13, -0.56 to +0.31): only 16 -> 32's verdict holds in both checks.
 """
 import os
 
