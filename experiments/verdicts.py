@@ -121,6 +121,8 @@ class Outcome:
   result: report_lib.Result | None  # None: an arm without a selected rate
   family: protocol.Family | None = None
   at_levels: bool = False  # tested at levels given beforehand (a check), not by Holm here
+  # a check's contrast that the experiment never compared: tested alone at alpha
+  uncorrected: bool = False
 
   @property
   def comparison(self) -> stats.Comparison | None:
@@ -171,14 +173,16 @@ def _family_tests(family: protocol.Family, selected: dict[str, Named], correct):
 
 
 def _outcomes(family: protocol.Family, pairings, compared: dict, margin: float | None,
-              given: frozenset[str] = frozenset()) -> list[Outcome]:
+              given: frozenset[str] | None = None) -> list[Outcome]:
+  """`given`: in a check, the labels the experiment gave levels to (None: not a check)."""
   # The margin is in points of accuracy: a metric on another scale (a cosine) gets
   # difference verdicts only (its equivalence p-values still count in the family's
   # Holm, which only makes the others' more cautious).
   compared = {c: x if margin is not None and c.on_accuracy_scale else _without_equivalence(x)
               for c, x in compared.items()}
   return [Outcome(c, report_lib.Result(pairings[c], compared.get(c)) if c in pairings
-                  else None, family, c.label in given) for c in family.contrasts]
+                  else None, family, given is not None and c.label in given,
+                  given is not None and c.label not in given) for c in family.contrasts]
 
 
 def compare_families(families: Sequence[protocol.Family], selected: dict[str, Named],
@@ -208,9 +212,9 @@ def compare_families(families: Sequence[protocol.Family], selected: dict[str, Na
           [tests[c] for c in testable], [1 - g.get('level', 1 - alpha) for g in given],
           [_equivalence_gamma(g, alpha) for g in given], margin or 1.0, alpha)
     # Only a contrast tested at the experiment's level says so; one missing there was
-    # tested alone at alpha, and its report reads "Holm", not "the experiment's".
+    # tested alone at alpha, and its report says it is uncorrected.
     out += _outcomes(family, pairings, dict(zip(testable, compared)), margin,
-                     frozenset(levels or ()))
+                     None if levels is None else frozenset(levels))
   return out
 
 
@@ -258,7 +262,8 @@ def reading(outcome: Outcome, margin: float) -> str:
   if comp is None:
     return f'{c.label}: not compared: fewer than 2 seeds finished in both.'
   lo, hi = comp.interval
-  kind = "the experiment's" if outcome.at_levels else 'Holm'
+  kind = ("the experiment's" if outcome.at_levels else
+          'uncorrected (the experiment did not compare it)' if outcome.uncorrected else 'Holm')
   return (f'{c.label}: **{comp.verdict}** ({points(comp.test.estimate)} points, {kind} '
           f'{100 * comp.level:.4g}% CI {points(lo)} to {points(hi)}, '
           f'{len(outcome.result.pairing.seeds)} paired seeds)')

@@ -494,6 +494,12 @@ def test_a_check_is_held_to_the_experiments_levels_not_its_own_family():
   assert checked.comparison.interval[0] < own.comparison.interval[0]
   assert "the experiment's 98.33% CI" in verdicts.reading(checked, 0.005)
   assert verdicts.registered_verdicts([checked], 0.005) == {'a - ref': own.comparison.verdict}
+  # a contrast the experiment never compared is tested alone at alpha, and says so
+  [unknown] = verdicts.compare_families([alone], selected, 0.005, levels={})
+  assert unknown.uncorrected and not unknown.at_levels and not own.uncorrected
+  assert unknown.comparison.level == pytest.approx(0.95)
+  assert 'uncorrected (the experiment did not compare it) 95% CI' in verdicts.reading(unknown,
+                                                                                      0.005)
 
 
 def test_without_a_margin_no_equivalence_is_claimed():
