@@ -121,7 +121,8 @@ def train_plan(plan: Sequence[protocol.Planned], dataset: data_lib.Dataset, work
   about 250 kB; the analyses that need them plot one seed).
   With `max_minutes`, training stops after the group in progress once that many
   minutes have passed. `total`: how many runs the experiment has in all (the
-  plan may be only its tuning runs), for the time estimate.
+  plan may be only its tuning runs), for the time estimate. Ctrl-C or SIGTERM raises
+  `Interrupted` once the runs that finished are recorded and packed.
   """
   start = time.monotonic()
   rows = {}
